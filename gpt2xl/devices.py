@@ -1,0 +1,99 @@
+"""Devices and dtypes: names users type, checks that fail with one clear sentence."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gpt2xl.errors import ConfigError, DeviceError
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"Unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}.") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; DeviceError when CUDA is asked for and absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"Unsupported device {name!r}; use cpu, cuda or cuda:N.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise DeviceError(
+                f"CUDA was requested but no CUDA device is usable (torch {torch.__version__}, {build}); "
+                "use --device cpu, or install a CUDA build of torch on a GPU host."
+            )
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"{name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist.")
+    return device
+
+
+def check_dtype_supported(device: torch.device, dtype: torch.dtype) -> None:
+    """Raise DeviceError when ``device`` cannot run GPT-2's ops in ``dtype``.
+
+    Probes the ops the model uses (matmul, LayerNorm, SDPA, softmax) on tiny tensors rather than
+    guessing from CPU flags; cached per (device, dtype).
+    """
+    reason = _dtype_probe(str(device), dtype)
+    if reason is not None:
+        raise DeviceError(
+            f"{dtype_name(dtype)} is not supported on {device} here ({reason}); choose another --dtype."
+        )
+
+
+@functools.cache
+def _dtype_probe(device: str, dtype: torch.dtype) -> str | None:
+    if device.startswith("cuda") and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16 support"
+    try:
+        x = torch.ones(1, 2, 4, 8, device=device, dtype=dtype)  # (B, nh, T, hs)
+        w = torch.ones(8, 8, device=device, dtype=dtype)
+        y = F.scaled_dot_product_attention(x, x, x, is_causal=True)
+        y = F.layer_norm(F.linear(y, w), (8,))
+        y = torch.softmax(y.float(), dim=-1)
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
+    if not torch.isfinite(y).all():
+        return "the probe computation returned non-finite values"
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a timer read afterwards measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS reports it, or the platform's processor string."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """Human name of the hardware behind ``device`` (GPU name, or CPU model)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()

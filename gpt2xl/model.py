@@ -1,0 +1,270 @@
+"""GPT-2, written from scratch in PyTorch.
+
+Parameter names are GPT-2's own (``transformer.h.0.attn.c_attn.weight`` …), so a Hugging Face
+checkpoint maps onto this model key for key; the only difference is that GPT-2's ``Conv1D`` stores
+weights as ``[in, out]`` and ``nn.Linear`` as ``[out, in]`` (see ``weights.py``).
+
+The forward pass optionally reads and extends a :class:`KVCache`: prefill a prompt with
+``start_pos=0``, then decode one token at a time with ``start_pos`` = tokens already cached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt2xl.config import GPTConfig
+
+WeightLayout = Literal["out_in", "in_out"]
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a batch, preallocated to ``max_len`` positions.
+
+    ``k``/``v`` are ``(n_layer, B, n_head, max_len, head_size)``. Layer ``i`` writes positions
+    ``[start, start + T)`` and attends to ``[0, start + T)``: only the filled prefix is read, so a
+    decode step costs what the sequence so far costs, not what ``max_len`` costs.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def empty(
+        cls, config: GPTConfig, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> "KVCache":
+        if not 0 < max_len <= config.block_size:
+            raise ValueError(f"KV cache length must be in [1, {config.block_size}], got {max_len}")
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
+        return cls(k=torch.empty(shape, device=device, dtype=dtype), v=torch.empty(shape, device=device, dtype=dtype))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(
+        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``/``v`` (B, nh, T, hs) at ``[start, start+T)``; return the keys and values of
+        ``[0, start+T)`` as views (B, nh, start+T, hs)."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        layer: int,
+        cache: KVCache | None,
+        start_pos: int,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, start_pos, k, v)  # (B, nh, S, hs), S = start_pos + T
+        S = k.shape[2]
+        # Boolean masks and is_causal let SDPA mask with -inf internally: GPT-2's own "add a large
+        # negative" masking overflows in fp16.
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, nh, T, hs)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached position
+        elif S == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a chunk appended to a non-empty cache: causal with an offset
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        layer: int,
+        cache: KVCache | None,
+        start_pos: int,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer=layer, cache=cache, start_pos=start_pos, attn_mask=attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2 language model. ``lm_head`` shares its weight with ``transformer.wte``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Point ``lm_head.weight`` at ``wte.weight`` (again, after weights were replaced)."""
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits for token ids ``idx`` (B, T).
+
+        - ``cache``/``start_pos``: the tokens sit at positions ``start_pos … start_pos+T-1`` and
+          attend to everything the cache holds before them; without a cache ``start_pos`` must be 0.
+        - ``positions`` (B, T): explicit position ids, for left-padded batches whose rows start at
+          different offsets; defaults to ``start_pos + arange(T)`` for every row.
+        - ``attn_mask`` (B, 1, T, S), bool, True = may attend: needed only with padding.
+        - ``last_only``: return logits of the last position only, (B, 1, V): a prefill that only
+          samples the next token need not pay for T x vocab logits.
+        Returns (B, T, V) logits, or (B, 1, V) with ``last_only``.
+        """
+        B, T = idx.shape
+        if cache is None and start_pos != 0:
+            raise ValueError("start_pos is only meaningful with a KV cache")
+        if start_pos + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start_pos + T} tokens exceeds the context of {self.config.block_size}; crop it first"
+            )
+        if positions is None:
+            positions = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, layer=layer, cache=cache, start_pos=start_pos, attn_mask=attn_mask)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)  # (B, T, V)
+
+    def new_cache(self, *, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for this model's shape, device and dtype."""
+        ref = self.transformer.wte.weight
+        return KVCache.empty(self.config, batch_size=batch_size, max_len=max_len, device=ref.device, dtype=ref.dtype)
+
+    def linear_layers(self) -> list[nn.Linear]:
+        """The four GPT-2 ``Conv1D`` projections of every block (not the tied lm_head)."""
+        return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]
+
+    def set_weight_layout(self, layout: WeightLayout) -> None:
+        """Store the block projections in memory as ``[out, in]`` or ``[in, out]``.
+
+        The logical shape stays ``[out, in]`` (``nn.Linear``'s), so state dicts and results are
+        unchanged; only the strides differ, and with them which BLAS kernel runs. On CPU a batch-1
+        decode is memory-bound and the two kernels stream weights at different rates: see
+        ``preferred_weight_layout``.
+        """
+        for lin in self.linear_layers():
+            w = lin.weight.detach()
+            w = w.t().contiguous().t() if layout == "in_out" else w.contiguous()
+            lin.weight = nn.Parameter(w, requires_grad=False)
+
+    def weight_layout(self) -> WeightLayout:
+        w = self.transformer.h[0].attn.c_attn.weight
+        return "out_in" if w.is_contiguous() else "in_out"
+
+    def weight_bytes(self) -> int:
+        """Bytes of parameters one forward pass reads (the tied matrix counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for p in self.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+        return total
+
+
+def preferred_weight_layout(device: torch.device, dtype: torch.dtype) -> WeightLayout:
+    """The layout that decodes fastest: ``in_out`` (GPT-2's Conv1D) for fp32 on CPU, ``out_in``
+    (nn.Linear) elsewhere. Measured in ``bench`` (see README); bf16 in ``in_out`` is far slower."""
+    return "in_out" if device.type == "cpu" and dtype == torch.float32 else "out_in"
+
+
+def init_random_(model: GPT, *, seed: int, std: float = 0.02, pool_size: int = (1 << 20) + 7) -> None:
+    """Fill ``model`` with GPT-2's initialisation statistics, fast.
+
+    Weights ~ N(0, 0.02), residual projections ~ N(0, 0.02 / sqrt(2 * n_layer)) (GPT-2 paper),
+    biases 0, LayerNorms 1 / 0. Values are copied from one seeded pool of ``pool_size`` normals,
+    each tensor starting at its own seeded offset: a full ``normal_`` over 1.5B parameters takes
+    ~8 s on 2 cores, tiled copies ~1 s. Throughput does not depend on weight values; statistical
+    quality of these weights is irrelevant, and they are always labelled random.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(pool_size, generator=g).to(model.transformer.wte.weight.device)
+    proj_std = std / math.sqrt(2 * model.config.n_layer)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.zero_()
+            elif ".ln_" in name:  # ln_1, ln_2, ln_f weights
+                p.fill_(1.0)
+            else:
+                scale = proj_std if name.endswith("c_proj.weight") else std
+                _fill_from_pool_(p, pool, scale=scale, offset=int(torch.randint(pool_size, (1,), generator=g)))
+
+
+def _fill_from_pool_(p: torch.Tensor, pool: torch.Tensor, *, scale: float, offset: int) -> None:
+    flat = p.view(-1) if p.is_contiguous() else p.t().view(-1)  # an in_out weight is contiguous transposed
+    n = flat.numel()
+    pos = 0
+    start = offset
+    while pos < n:
+        take = min(n - pos, pool.numel() - start)
+        flat[pos : pos + take].copy_(pool[start : start + take]).mul_(scale)
+        pos += take
+        start = 0

@@ -1,0 +1,262 @@
+"""Temperature / top-k sampling: small pure functions, a reference loop and a KV-cached loop.
+
+Semantics shared by both loops (and pinned by tests):
+
+- ``temperature == 0`` is greedy (argmax); otherwise logits are divided by the temperature.
+- ``top_k`` None or 0 keeps the whole vocabulary; otherwise exactly ``min(top_k, vocab)``
+  candidates survive (ties at the k-th value are broken by ``torch.topk``'s order, not all kept).
+- Sampling draws with ``torch.multinomial`` from a caller-owned ``torch.Generator``, one draw per
+  sequence per step, finished sequences included, so the random stream does not depend on when
+  sequences stop and both loops consume it identically.
+- With ``stop_at_eot``, a sequence stops at ``<|endoftext|>`` (the token is not part of its output);
+  the loop ends when all sequences have stopped or ``max_new_tokens`` are reached.
+- The context is the last ``block_size`` tokens: longer prompts are cropped from the left.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gpt2xl.config import EOT_TOKEN_ID
+from gpt2xl.devices import synchronize
+from gpt2xl.errors import ConfigError
+from gpt2xl.model import GPT, KVCache
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int | None = None  # None or 0 means the whole vocabulary
+    stop_at_eot: bool = True  # benchmarks turn this off so every run has the same length
+    eot_id: int = EOT_TOKEN_ID
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}.")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}.")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
+            raise ConfigError(f"top_k must be a non-negative integer or None (0/None = no top-k), got {self.top_k!r}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` (multinomial needs one on the device of the probabilities)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def logits_to_probs(logits: torch.Tensor, *, temperature: float, top_k: int | None) -> torch.Tensor:
+    """Next-token distribution (B, V), in fp32, from logits (B, V). ``temperature`` must be > 0."""
+    logits = logits.float() / temperature  # (B, V)
+    if top_k:
+        k = min(top_k, logits.shape[-1])
+        values, indices = torch.topk(logits, k, dim=-1)  # (B, k)
+        logits = torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)  # exactly k finite
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_next(
+    logits: torch.Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token id per row (B,) from last-position logits (B, V)."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1)  # top-k cannot change the argmax
+    probs = logits_to_probs(logits, temperature=temperature, top_k=top_k)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationOutput:
+    """What a sampling loop produced, and how long it took.
+
+    ``tokens[b]`` holds sequence b's new tokens, cut before its first end-of-text. ``steps`` is how
+    many tokens the loop generated for every row (rows that stopped early were still computed).
+    ``prefill_s`` is the time to the first sampled token; ``decode_s`` the time of the other
+    ``steps - 1``; both are measured after the device finished its work.
+    """
+
+    prompt_tokens: list[list[int]]  # after cropping to the context
+    tokens: list[list[int]]
+    hit_eot: list[bool]
+    steps: int
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second after the first, over the whole batch (0 when there were none)."""
+        return self.batch_size * (self.steps - 1) / self.decode_s if self.steps > 1 and self.decode_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """End-to-end tokens per second over the whole batch, prefill included."""
+        total_s = self.prefill_s + self.decode_s
+        return self.batch_size * self.steps / total_s if total_s > 0 else 0.0
+
+
+def _crop(prompts: Sequence[Sequence[int]], block_size: int, eot_id: int) -> list[list[int]]:
+    """Keep each prompt's last ``block_size`` tokens; an empty prompt becomes ``[eot]`` (GPT-2
+    begins unconditional samples with <|endoftext|>)."""
+    cropped = []
+    for p in prompts:
+        p = list(p)
+        cropped.append(p[-block_size:] if p else [eot_id])
+    return cropped
+
+
+def _finish(
+    new: torch.Tensor, prompts: list[list[int]], cfg: SamplingConfig, prefill_s: float, decode_s: float
+) -> GenerationOutput:
+    rows = new.tolist()
+    tokens, hit = [], []
+    for row in rows:
+        if cfg.stop_at_eot and cfg.eot_id in row:
+            tokens.append(row[: row.index(cfg.eot_id)])
+            hit.append(True)
+        else:
+            tokens.append(row)
+            hit.append(False)
+    return GenerationOutput(
+        prompt_tokens=prompts, tokens=tokens, hit_eot=hit, steps=new.shape[1], prefill_s=prefill_s, decode_s=decode_s
+    )
+
+
+@torch.inference_mode()
+def generate_reference(
+    model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, generator: torch.Generator | None = None
+) -> GenerationOutput:
+    """The textbook loop (Raschka, *Build a Large Language Model (From Scratch)*, ch. 5): every
+    step re-runs the model on the cropped context and samples from the last position. No cache,
+    so step t costs a forward over min(T + t, block_size) tokens. Kept as the baseline.
+
+    All prompts must have the same length (the book's loop takes one tensor).
+    """
+    block_size = model.config.block_size
+    cropped = _crop(prompts, block_size, cfg.eot_id)
+    if len({len(p) for p in cropped}) != 1:
+        raise ConfigError("The reference sampler takes prompts of equal length; use generate() for ragged batches.")
+    device = model.transformer.wte.weight.device
+    idx = torch.tensor(cropped, device=device)  # (B, T)
+    B = idx.shape[0]
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    t_first = t0
+    for step in range(cfg.max_new_tokens):
+        logits = model(idx[:, -block_size:])[:, -1, :]  # (B, V)
+        next_id = sample_next(logits, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)  # (B,)
+        if cfg.stop_at_eot:
+            next_id = torch.where(finished, cfg.eot_id, next_id)
+            finished |= next_id == cfg.eot_id
+        idx = torch.cat([idx, next_id[:, None]], dim=1)  # (B, T + step + 1)
+        if step == 0:
+            synchronize(device)
+            t_first = time.perf_counter()
+        if cfg.stop_at_eot and bool(finished.all()):
+            break
+    synchronize(device)
+    t_end = time.perf_counter()
+    return _finish(idx[:, len(cropped[0]) :], cropped, cfg, t_first - t0, t_end - t_first)
+
+
+def _window(
+    seq: torch.Tensor, pad: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Inputs for a full forward over the last ``block_size`` columns of a left-padded batch.
+
+    ``seq`` (B, L) holds ``pad[b]`` pad columns then real tokens. Returns the window (B, W), per-row
+    positions (B, W) that start at 0 on each row's first real token, and a (B, 1, W, W) boolean mask
+    (causal, pad keys hidden). Without padding in the window, positions and mask are None.
+    """
+    shift = max(seq.shape[1] - block_size, 0)
+    window = seq[:, shift:]  # (B, W)
+    pad_w = (pad - shift).clamp(min=0)  # (B,) pad columns left inside the window
+    if not bool(pad_w.any()):
+        return window, None, None
+    W = window.shape[1]
+    cols = torch.arange(W, device=seq.device)  # (W,)
+    positions = (cols[None, :] - pad_w[:, None]).clamp(min=0)  # (B, W)
+    key_ok = cols[None, :] >= pad_w[:, None]  # (B, W)
+    causal = torch.ones(W, W, dtype=torch.bool, device=seq.device).tril()  # (W, W)
+    # A pad query may see itself, so no softmax row is empty (an all-masked row is NaN).
+    mask = causal[None] & (key_ok[:, None, :] | torch.eye(W, dtype=torch.bool, device=seq.device)[None])
+    return window, positions, mask[:, None]  # (B, 1, W, W)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """KV-cached sampling for a batch of prompts of any lengths (left-padded internally).
+
+    Prefill runs the prompts once and fills the cache; each later step runs one token per row.
+    Once a row's sequence would exceed the context, the cache cannot shift positions, so from
+    then on each step re-runs the last ``block_size`` tokens, exactly as the reference loop does:
+    outputs are identical to ``generate_reference`` for the same generator state.
+    """
+    block_size = model.config.block_size
+    cropped = _crop(prompts, block_size, cfg.eot_id)
+    device = model.transformer.wte.weight.device
+    B = len(cropped)
+    T = max(len(p) for p in cropped)
+    pad = torch.tensor([T - len(p) for p in cropped], device=device)  # (B,)
+    seq = torch.tensor([[cfg.eot_id] * (T - len(p)) + p for p in cropped], device=device)  # (B, T)
+    new = torch.empty(B, cfg.max_new_tokens, dtype=torch.long, device=device)  # (B, N)
+    if cfg.max_new_tokens == 0:
+        return _finish(new, cropped, cfg, 0.0, 0.0)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    cache_len = min(T + cfg.max_new_tokens - 1, block_size)  # the last sampled token is never fed back
+    cache: KVCache | None = model.new_cache(batch_size=B, max_len=cache_len)
+    padded = bool(pad.any())
+    key_ok = torch.arange(cache_len, device=device)[None, :] >= pad[:, None]  # (B, S) used when padded
+
+    synchronize(device)
+    t0 = time.perf_counter()
+    window, positions, mask = _window(seq, pad, block_size)
+    logits = model(window, cache=cache, positions=positions, attn_mask=mask, last_only=True)[:, -1, :]  # (B, V)
+    t_first = t0
+    step = 0
+    while True:
+        next_id = sample_next(logits, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)  # (B,)
+        if cfg.stop_at_eot:
+            next_id = torch.where(finished, cfg.eot_id, next_id)
+            finished |= next_id == cfg.eot_id
+        new[:, step] = next_id
+        step += 1
+        if step == 1:
+            synchronize(device)
+            t_first = time.perf_counter()
+        if step == cfg.max_new_tokens or (cfg.stop_at_eot and bool(finished.all())):
+            break
+        pos = T + step - 1  # column of next_id in the padded sequence
+        if cache is not None and pos < block_size:
+            step_positions = (pos - pad)[:, None] if padded else None  # (B, 1)
+            step_mask = key_ok[:, None, None, : pos + 1] if padded else None  # (B, 1, 1, pos+1)
+            logits = model(
+                next_id[:, None], cache=cache, start_pos=pos, positions=step_positions, attn_mask=step_mask
+            )[:, -1, :]
+        else:  # past the context window: recompute the cropped window like the reference loop
+            cache = None
+            full = torch.cat([seq, new[:, :step]], dim=1)  # (B, T + step)
+            window, positions, mask = _window(full, pad, block_size)
+            logits = model(window, positions=positions, attn_mask=mask, last_only=True)[:, -1, :]
+    synchronize(device)
+    t_end = time.perf_counter()
+    return _finish(new[:, :step], cropped, cfg, t_first - t0, t_end - t_first)

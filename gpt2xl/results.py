@@ -1,0 +1,56 @@
+"""Result files: versioned JSON written atomically, and run directories under ``reports/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def new_run_id() -> str:
+    """A sortable, filesystem-safe id: UTC time to the second."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def run_dir(root: str | Path = "reports", run_id: str | None = None) -> Path:
+    """``root/<run-id>``, created if needed."""
+    path = Path(root) / (run_id or new_run_id())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a crash never leaves a
+    half-written result behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_result(path: str | Path, *, kind: str, payload: dict[str, Any]) -> Path:
+    """Write ``{"schema_version", "kind", **payload}`` as JSON (strict: NaN/inf are refused)."""
+    doc = {"schema_version": SCHEMA_VERSION, "kind": kind, **payload}
+    return write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def read_result(path: str | Path, *, kind: str | None = None) -> dict[str, Any]:
+    """Read a result file, checking its schema version (and kind, when given)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if kind is not None and doc.get("kind") != kind:
+        raise ValueError(f"{path}: kind {doc.get('kind')!r}, expected {kind!r}")
+    return doc

@@ -29,3 +29,7 @@ class TokenizerError(GPT2XLError):
 
 class DataError(GPT2XLError):
     """A dataset that cannot be read from a directory nor loaded through `datasets`."""
+
+
+class ResultError(GPT2XLError):
+    """A result file that cannot be read: missing, not JSON, or another schema version or kind."""

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gpt2xl.errors import ResultError
+
 SCHEMA_VERSION = 1
 
 
@@ -48,9 +50,15 @@ def write_result(path: str | Path, *, kind: str, payload: dict[str, Any]) -> Pat
 
 def read_result(path: str | Path, *, kind: str | None = None) -> dict[str, Any]:
     """Read a result file, checking its schema version (and kind, when given)."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ResultError(f"Cannot read result file {path} ({exc.strerror}).") from exc
+    except json.JSONDecodeError as exc:
+        raise ResultError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+        found = doc.get("schema_version") if isinstance(doc, dict) else None
+        raise ResultError(f"{path} has schema_version {found!r}; this gpt2xl reads version {SCHEMA_VERSION}.")
     if kind is not None and doc.get("kind") != kind:
-        raise ValueError(f"{path}: kind {doc.get('kind')!r}, expected {kind!r}")
+        raise ResultError(f"{path} holds a {doc.get('kind')!r} result, expected {kind!r}.")
     return doc

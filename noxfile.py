@@ -1,0 +1,65 @@
+"""Sessions: ``nox -s bench`` (the main job), ``nox -s tests``, ``nox -s eval``.
+
+torch is installed first and pinned by ``GPT2XL_TORCH`` (default ``torch==2.13.0``, the CPU wheel
+these machines carry); on a GPU host set e.g. ``GPT2XL_TORCH="torch==2.13.0 --index-url …cu128"``.
+The project's own floor (``torch>=2.4``) is then already satisfied and pulls nothing more.
+
+All sessions of one ``nox`` invocation share a run directory ``reports/<run-id>/`` (override
+with ``GPT2XL_RUN_ID``), so ``nox -s bench eval`` yields one report joining both.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True  # torch is 200 MB: install it once per session venv
+
+ROOT = Path(__file__).resolve().parent
+TORCH_SPEC = os.environ.get("GPT2XL_TORCH", "torch==2.13.0")
+RUN_ID = os.environ.get("GPT2XL_RUN_ID") or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+SHARED = ROOT.parent / "shared"
+DATA_DIR = os.environ.get("GPT2XL_DATA_DIR", str(SHARED / "data"))
+
+
+def _install(session: nox.Session) -> None:
+    session.install(*shlex.split(TORCH_SPEC))
+    session.install("-e", ".[dev]")
+
+
+def _env() -> dict[str, str]:
+    # HF_HUB_OFFLINE is left to the user; the loaders fail fast and clearly without network.
+    return {"GPT2XL_DATA_DIR": DATA_DIR, "GPT2XL_RUN_ID": RUN_ID, "TOKENIZERS_PARALLELISM": "false"}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and parity tests (offline, a few minutes on 2 cores). Extra args go to pytest."""
+    _install(session)
+    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Throughput benchmarks → reports/<run-id>/bench.json, report.md and plots.
+
+    Args after ``--`` go to ``python -m bench`` (see ``python -m bench --help``), e.g.
+    ``nox -s bench -- --profile full --device cuda --dtype bf16``.
+    """
+    _install(session)
+    session.run("python", "-m", "bench", "--run-dir", f"reports/{RUN_ID}", *session.posargs, env=_env())
+
+
+@nox.session(default=False)
+def eval(session: nox.Session) -> None:  # noqa: A001 - the session's name is the command users type
+    """Perplexity and the temperature x top-k grid → reports/<run-id>/eval.json, CSV, plots, report.
+
+    Args after ``--`` go to ``gpt2xl eval run`` (see ``gpt2xl eval run --help``).
+    """
+    _install(session)
+    session.run("gpt2xl", "eval", "run", "--run-dir", f"reports/{RUN_ID}", *session.posargs, env=_env())

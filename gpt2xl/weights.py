@@ -180,27 +180,59 @@ def _empty_model(config: GPTConfig, device: torch.device, dtype: torch.dtype, la
 
 
 def _fetch_from_hub(repo_id: str) -> Path:
-    """Download (or find in the HF cache) config + weights of ``repo_id``; return the folder."""
-    from huggingface_hub import hf_hub_download
+    """Config + weights of ``repo_id`` from the local HF cache, else downloaded; return the folder.
+
+    The cache is tried first, with no network. The hub client retries an unreachable host for
+    about half a minute, so when the hub's host does not even resolve we fail at once instead.
+    """
+    from huggingface_hub import constants
 
     try:
-        config_path = Path(hf_hub_download(repo_id, "config.json"))
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            try:
-                hf_hub_download(repo_id, name)
-                break
-            except Exception as exc:  # noqa: BLE001 - try the next file name, report if none exists
-                last_error = exc
-        else:
-            raise last_error
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, auth: one message for the user
-        raise WeightsError(
-            f"Cannot get {repo_id!r} from the Hugging Face hub and it is not in the local cache "
-            f"({type(exc).__name__}). Download it where the network allows "
-            f"(`huggingface-cli download {repo_id}`), pass a local checkpoint directory as --model, "
-            f"or use random:<preset> for throughput work."
-        ) from exc
-    return config_path.parent
+        return _hub_files(repo_id, local_files_only=True)
+    except Exception as cache_miss:  # noqa: BLE001 - not cached: go online below, or report both
+        reason = f"not in the local Hugging Face cache ({type(cache_miss).__name__})"
+    if constants.HF_HUB_OFFLINE:
+        reason += " and HF_HUB_OFFLINE is set"
+    elif not _host_resolves(constants.ENDPOINT):
+        reason += f" and {constants.ENDPOINT} is unreachable (offline)"
+    else:
+        try:
+            return _hub_files(repo_id, local_files_only=False)
+        except Exception as exc:  # noqa: BLE001 - unknown repo, auth, network: one message for the user
+            reason += f" and the download failed ({type(exc).__name__}: {exc})"
+    raise WeightsError(
+        f"Cannot load {repo_id!r}: {reason}. Download it where the network allows "
+        f"(`hf download {repo_id}`) and copy the HF cache here, pass a local checkpoint directory "
+        f"as --model, or use random:<preset> for throughput work."
+    )
+
+
+def _hub_files(repo_id: str, *, local_files_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    config_path = Path(hf_hub_download(repo_id, "config.json", local_files_only=local_files_only))
+    errors = []
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            hf_hub_download(repo_id, name, local_files_only=local_files_only)
+            return config_path.parent
+        except Exception as exc:  # noqa: BLE001 - try the next file name; raise if none exists
+            errors.append(exc)
+    raise errors[0]
+
+
+def _host_resolves(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname
+    if host is None:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _load_hf_directory(

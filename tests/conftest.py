@@ -1,0 +1,27 @@
+"""Shared fixtures. Models are loaded inside fixtures, never at collection time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY_SHAKESPEARE = SHARED / "models" / "gpt2-tiny-shakespeare"
+TINY_SHAKESPEARE_LEGACY = SHARED / "models" / "gpt2-tiny-shakespeare-legacy"
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_shakespeare_dir() -> Path:
+    if not (TINY_SHAKESPEARE / "model.safetensors").is_file():
+        pytest.fail(f"{TINY_SHAKESPEARE} is missing: tests expect ../shared beside the repository")
+    return TINY_SHAKESPEARE
+
+
+@pytest.fixture(scope="session")
+def tiny_shakespeare(tiny_shakespeare_dir):
+    from gpt2xl.weights import load_model
+
+    return load_model(str(tiny_shakespeare_dir))

@@ -1,0 +1,204 @@
+"""Benchmark profiles: which cases a run measures, as data.
+
+A *case* is one (model, device, dtype, sampler, batch, prompt length, new tokens) point. Profiles
+are sized for a 2-core CPU box (see /work/shared/PERF.md for the speeds the budgets assume):
+
+- ``smoke``: ``random:tiny``, seconds; for tests of the pipeline itself.
+- ``gate``: ``random:gpt2`` fp32, the three samplers interleaved round by round so their RATIOS
+  hold on a noisy shared machine; under 2 minutes. What CI compares against a baseline.
+- ``quick`` (``nox -s bench`` default): gpt2-xl fp32 + bf16, batch 1, 16-token prompt, 32 new
+  tokens (8 for the no-cache reference, ~3x slower on XL), plus the decode-cost-vs-length sweep
+  on gpt2; about 5 minutes on a quiet 2-core machine.
+- ``full``: adds fp16, batch 4, 128 new tokens and a longer sweep; tens of minutes.
+
+CUDA cases are listed in every profile so that a machine without a GPU shows them as SKIPPED
+with the reason, rather than silently measuring less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpt2xl.errors import ConfigError
+
+SAMPLERS = ("reference", "cached", "hf")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """One throughput measurement. ``model`` None means "the run's --model"."""
+
+    sampler: str
+    device: str
+    dtype: str
+    batch_size: int
+    prompt_len: int
+    new_tokens: int
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+        if self.device not in DEVICES:
+            raise ConfigError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"Unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}.")
+        for name in ("batch_size", "prompt_len", "new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"Case.{name} must be >= 1, got {getattr(self, name)}.")
+
+    def id(self, model: str) -> str:
+        """The pytest id: stable across runs, so ``gpt2xl compare`` matches cases by it."""
+        return (
+            f"{model}-{self.device}-{self.dtype}-{self.sampler}"
+            f"-b{self.batch_size}-p{self.prompt_len}-n{self.new_tokens}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    name: str
+    description: str
+    default_model: str | None  # None: the run's --model (pretrained gpt2-xl when cached)
+    dtypes: dict[str, tuple[str, ...]]  # device -> dtypes measured on it
+    # (sampler, batch, prompt_len, new_tokens) points of the main suite
+    points: tuple[tuple[str, int, int, int], ...]
+    rounds: int = 2
+    warmup_rounds: int = 1
+    # decode cost vs generated length: model, dtype, samplers, lengths (empty: no sweep)
+    scaling_model: str | None = None
+    scaling_dtype: str = "fp32"
+    scaling_samplers: tuple[str, ...] = ("reference", "cached")
+    scaling_new_tokens: tuple[int, ...] = ()
+    scaling_rounds: int = 2
+    # interleaved ratio measurement (gate): rounds of reference/cached/hf in turn (0: none)
+    ratio_rounds: int = 0
+    ratio_point: tuple[int, int, int] = (1, 16, 32)  # batch, prompt_len, new_tokens
+    probe_bytes: int | None = None  # bandwidth probe buffer; None: 2 GiB on CPU (capped by free RAM)
+    threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.warmup_rounds < 0 or self.scaling_rounds < 1 or self.ratio_rounds < 0:
+            raise ConfigError(f"Profile {self.name}: rounds must be >= 1 and warm-up rounds >= 0.")
+
+    def cases(self, *, devices: tuple[str, ...], dtypes: tuple[str, ...] | None) -> list[Case]:
+        """Main-suite cases, grouped by (device, dtype) so each model is loaded once."""
+        out = []
+        for device in devices:
+            for dtype in dtypes if dtypes is not None else self.dtypes.get(device, ()):
+                for sampler, batch, prompt_len, new_tokens in self.points:
+                    out.append(Case(sampler=sampler, device=device, dtype=dtype, batch_size=batch,
+                                    prompt_len=prompt_len, new_tokens=new_tokens))
+        return out
+
+    def scaling_cases(self, *, devices: tuple[str, ...]) -> list[Case]:
+        if not self.scaling_new_tokens or "cpu" not in devices:
+            return []  # the sweep illustrates an algorithmic trend: one device shows it
+        return [
+            Case(sampler=s, device="cpu", dtype=self.scaling_dtype, batch_size=1, prompt_len=16, new_tokens=n,
+                 model=self.scaling_model)
+            for n in self.scaling_new_tokens
+            for s in self.scaling_samplers
+        ]
+
+    def ratio_cases(self, *, devices: tuple[str, ...], dtypes: tuple[str, ...] | None) -> list[Case]:
+        """One "cached" case per (device, dtype) standing for an interleaved three-sampler run."""
+        if self.ratio_rounds == 0:
+            return []
+        batch, prompt_len, new_tokens = self.ratio_point
+        return [
+            Case(sampler="cached", device=device, dtype=dtype, batch_size=batch, prompt_len=prompt_len,
+                 new_tokens=new_tokens)
+            for device in devices
+            for dtype in (dtypes if dtypes is not None else self.dtypes.get(device, ()))
+        ]
+
+
+_CUDA_DTYPES = ("fp16", "bf16")
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="random:tiny, every sampler, a tiny sweep: seconds (tests the pipeline)",
+        default_model="random:tiny",
+        dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
+        points=(("reference", 1, 8, 8), ("cached", 1, 8, 8), ("hf", 1, 8, 8)),
+        rounds=1,
+        warmup_rounds=0,
+        scaling_model="random:tiny",
+        scaling_new_tokens=(4, 8, 16),
+        scaling_rounds=1,
+        ratio_rounds=2,
+        ratio_point=(1, 8, 8),
+        probe_bytes=64 << 20,  # a smoke run tests the pipeline, not the machine
+        # One thread: on a loaded machine, multi-threaded barriers make tiny ops 10x slower.
+        threads=1,
+    ),
+    "gate": Profile(
+        name="gate",
+        description="random:gpt2 fp32, samplers interleaved per round: ratios for CI, < 2 minutes",
+        default_model="random:gpt2",
+        dtypes={"cpu": ("fp32",), "cuda": _CUDA_DTYPES},
+        points=(),
+        ratio_rounds=4,
+        ratio_point=(1, 16, 24),
+        probe_bytes=512 << 20,
+        # One thread: ratios must hold on a shared CI machine, where idle-spinning OpenMP
+        # barriers of a 2-thread run slow small ops (the cached decode) far more than big ones.
+        threads=1,
+    ),
+    "quick": Profile(
+        name="quick",
+        description="gpt2-xl fp32+bf16, batch 1, prompt 16, 32 new (reference: 8), + sweep on gpt2: ~5 min",
+        default_model=None,
+        dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
+        points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("hf", 1, 16, 32)),
+        rounds=2,
+        warmup_rounds=1,
+        scaling_model="random:gpt2",
+        scaling_new_tokens=(16, 32, 64, 128),
+        scaling_rounds=1,
+    ),
+    "full": Profile(
+        name="full",
+        description="gpt2-xl fp32/bf16/fp16, batch 1 and 4, 32 and 128 new, longer sweep: tens of minutes",
+        default_model=None,
+        dtypes={"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")},
+        points=(
+            ("reference", 1, 16, 16), ("cached", 1, 16, 32), ("hf", 1, 16, 32),
+            ("cached", 1, 16, 128), ("hf", 1, 16, 128),
+            ("cached", 4, 16, 32), ("hf", 4, 16, 32),
+            ("cached", 1, 128, 32), ("hf", 1, 128, 32),
+        ),
+        rounds=3,
+        warmup_rounds=1,
+        scaling_model="random:gpt2",
+        scaling_new_tokens=(16, 32, 64, 128, 256),
+        scaling_rounds=2,
+        ratio_rounds=3,
+        ratio_point=(1, 16, 32),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"Unknown benchmark profile {name!r}; choose one of: {', '.join(PROFILES)}.") from None
+
+
+def default_model() -> str:
+    """``gpt2-xl`` (pretrained) when its weights are in the local Hugging Face cache, else
+    ``random:gpt2-xl``: same shapes, and throughput does not depend on weight values. Looks at the
+    cache only, so it never waits on the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = "openai-community/gpt2-xl"
+    have_config = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    have_weights = any(
+        isinstance(try_to_load_from_cache(repo, name), str) for name in ("model.safetensors", "pytorch_model.bin")
+    )
+    return "gpt2-xl" if have_config and have_weights else "random:gpt2-xl"

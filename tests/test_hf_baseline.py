@@ -1,0 +1,46 @@
+"""The HF baseline shares our weights (no copy) and computes the same logits; fixed length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.hf_baseline import build_hf_model, hf_generate_timed, hf_weight_layout
+from gpt2xl.weights import load_model
+
+
+@pytest.mark.parametrize(("dtype", "layout", "atol"), [("fp32", "in_out", 1e-5), ("bf16", "out_in", 2e-2)])
+def test_hf_model_on_our_weights_gives_our_logits(dtype: str, layout: str, atol: float) -> None:
+    loaded = load_model("random:tiny", dtype=dtype, seed=3)
+    assert loaded.layout == layout  # the layouts the benchmarks use on CPU
+    hf = build_hf_model(loaded.model)
+    assert hf_weight_layout(hf) == layout
+    # shared storage, not a copy
+    ours = loaded.model.transformer.h[0].attn.c_attn.weight
+    assert hf.transformer.h[0].attn.c_attn.weight.data_ptr() == ours.data_ptr()
+    assert hf.lm_head.weight.data_ptr() == loaded.model.transformer.wte.weight.data_ptr()
+    idx = torch.randint(0, loaded.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = loaded.model(idx).float()
+        b = hf(idx).logits.float()
+    torch.testing.assert_close(b, a, atol=atol, rtol=1e-2 if dtype == "bf16" else 1e-5)
+
+
+def test_hf_generate_fixed_length() -> None:
+    loaded = load_model("random:tiny", seed=0)
+    hf = build_hf_model(loaded.model)
+    timing = hf_generate_timed(hf, [[1, 2, 3, 4]] * 2, new_tokens=24, temperature=0.8, top_k=40, seed=0)
+    assert timing.new_tokens == 24
+    assert [len(t) for t in timing.tokens] == [24, 24]
+    assert timing.prefill_s > 0 and timing.total_s > 0 and timing.decode_tokens_per_s > 0
+
+
+def test_hf_greedy_matches_our_greedy() -> None:
+    from gpt2xl.sampling import SamplingConfig, generate
+
+    loaded = load_model("random:tiny", seed=1)
+    hf = build_hf_model(loaded.model)
+    prompt = [[5, 6, 7, 8, 9]]
+    ours = generate(loaded.model, prompt, SamplingConfig(max_new_tokens=10, temperature=0, stop_at_eot=False))
+    theirs = hf_generate_timed(hf, prompt, new_tokens=10, temperature=0)
+    assert theirs.tokens == ours.tokens

@@ -1,0 +1,55 @@
+"""CLI commands of the bench layer (wired into `gpt2xl_app.cli` by `register`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def compare(
+    old: Annotated[Path, typer.Argument(help="Baseline bench.json.")],
+    new: Annotated[Path, typer.Argument(help="New bench.json.")],
+    max_slowdown: Annotated[str, typer.Option(help="Largest tolerated slowdown per case, e.g. 10% or 0.1.")] = "10%",
+    ratios: Annotated[bool, typer.Option("--ratios", help=(
+        "Compare speed ratios measured within each run (cached vs reference, ours vs HF) instead of "
+        "absolute speeds: the gate that holds on a noisy or different machine."))] = False,
+    metric: Annotated[str, typer.Option(help=(
+        "Per-case metric in throughput mode: decode_tokens_per_s (default), tokens_per_s, prefill_s, "
+        "decode_s_per_token, peak_memory_bytes."))] = "decode_tokens_per_s",
+    floor: Annotated[Optional[list[str]], typer.Option(help=(
+        "Ratios mode: an absolute floor NAME=VALUE, e.g. cached_vs_reference_decode=2 (repeatable)."))] = None,
+) -> None:
+    """Compare two benchmark runs side by side; exit 1 when a case regressed, 0 otherwise.
+
+    Example: gpt2xl compare bench/baselines/gate-cpu.json reports/ci-gate/bench.json --ratios --max-slowdown 25%
+    """
+    from gpt2xl_app.compare import compare_files, format_table, parse_floors, parse_fraction
+
+    result = compare_files(
+        old,
+        new,
+        max_slowdown=parse_fraction(max_slowdown),
+        mode="ratios" if ratios else "throughput",
+        metric=metric,
+        floors=parse_floors(floor or []),
+    )
+    typer.echo(format_table(result))
+    if not result.passed:
+        raise typer.Exit(code=1)
+
+
+def bench_report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding bench.json.")],
+) -> None:
+    """Re-render RUN_DIR/bench.md and its PNG plots from RUN_DIR/bench.json."""
+    from gpt2xl_app.bench_report import write_bench_report
+
+    typer.echo(str(write_bench_report(run_dir)))
+
+
+def register(app: typer.Typer) -> None:
+    """Add this layer's commands to ``app``."""
+    app.command("compare")(compare)
+    app.command("bench-report")(bench_report)

@@ -63,3 +63,17 @@ def eval(session: nox.Session) -> None:  # noqa: A001 - the session's name is th
     """
     _install(session)
     session.run("gpt2xl", "eval", "run", "--run-dir", f"reports/{RUN_ID}", *session.posargs, env=_env())
+
+
+@nox.session(default=False)
+def gate(session: nox.Session) -> None:
+    """CI regression gate: speed ratios measured in one run (cached vs reference sampler, ours vs
+    HF generate) against bench/baselines/gate-cpu.json; absolute times are too noisy to gate on."""
+    _install(session)
+    out = f"reports/{RUN_ID}/gate"
+    session.run("python", "-m", "bench", "--profile", "gate", "--device", "cpu", "--run-dir", out, env=_env())
+    session.run(
+        "gpt2xl", "compare", "bench/baselines/gate-cpu.json", f"{out}/bench.json",
+        "--ratios", "--max-slowdown", "25%", "--floor", "cached_vs_reference_decode=2",
+        env=_env(),
+    )

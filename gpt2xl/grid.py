@@ -1,0 +1,351 @@
+"""The sampling grid: temperature x top-k (x seeds), each cell scored for diversity and fluency.
+
+One grid run loads nothing: the caller passes the model and the prompts, computed once, and
+:func:`run_grid` only samples and scores. Every cell (one temperature, one top-k, one seed)
+continues the same prompts with the batched, KV-cached sampler (:func:`gpt2xl.sampling.generate`)
+under ``make_generator(seed)`` — a fresh generator per cell, consumed batch after batch in prompt
+order, so a cell is reproducible on its own and does not depend on which cells ran before it.
+
+Metrics of a cell (all on GPT-2 token ids of the generated continuation, prompt excluded, the
+end-of-text token excluded; see :mod:`gpt2xl.metrics` for each definition):
+
+- ``distinct_{1,2,3}``: corpus-level distinct-n = unique n-grams over all samples / all n-grams;
+  ``distinct_{1,2,3}_per_sample``: mean over samples of each sample's own ratio.
+- ``self_bleu_4``: Self-BLEU with 4-gram BLEU (NLTK method-1 smoothing); lower = more diverse.
+- ``repetition_rate``: fraction of samples Holtzman et al. (2019) flag as ending in a repetition loop (their script's rule: see ``gpt2xl.metrics.is_repetitive``)
+- ``mean_length_tokens``, ``eot_rate`` (fraction of samples that stopped at <|endoftext|>).
+- ``generation_perplexity``: ``exp(sum NLL / tokens)`` of the generated tokens under the SAME
+  model, each token conditioned on its prompt and the tokens before it (token-weighted over the
+  whole cell; empty generations contribute nothing; None when no token was generated at all).
+  When prompt + generation exceed the context, the prompt is cropped from the left, and a
+  generation longer than the context is scored in sliding windows of stride context/2.
+
+The "human" reference row scores the true continuations of the same prompts in the dataset, cut
+to ``max_new_tokens`` tokens, with the same metrics (its eot_rate is 0 by construction).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from tqdm.auto import tqdm
+
+from gpt2xl.errors import ConfigError
+from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu
+from gpt2xl.model import GPT
+from gpt2xl.perplexity import score_spans, window_plan
+from gpt2xl.sampling import SamplingConfig, generate, make_generator
+
+METRIC_NAMES: tuple[str, ...] = (
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "distinct_1_per_sample",
+    "distinct_2_per_sample",
+    "distinct_3_per_sample",
+    "self_bleu_4",
+    "repetition_rate",
+    "mean_length_tokens",
+    "eot_rate",
+    "generation_perplexity",
+)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridConfig:
+    """What one grid run samples. ``top_ks``: 0 means the whole vocabulary (no top-k); a value
+    above the vocabulary is allowed and behaves as the whole vocabulary (the sampler clamps it).
+    ``prompt_tokens``: every prompt is exactly this long (a fixed prefix of the dataset's text);
+    a value above the model's context is allowed, the sampler keeps the prompt's last tokens."""
+
+    dataset: str
+    num_prompts: int = 32
+    prompt_tokens: int = 32
+    max_new_tokens: int = 64
+    temperatures: tuple[float, ...] = (0.5, 0.7, 1.0, 1.3)
+    top_ks: tuple[int, ...] = (0, 5, 20, 100)
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 32
+    stop_at_eot: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError(f"dataset must be a non-empty name, got {self.dataset!r}.")
+        for name in ("num_prompts", "prompt_tokens", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("temperatures", "top_ks", "seeds"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not value:
+                raise ConfigError(f"{name} must be a non-empty tuple, got {value!r}.")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{name} must not repeat a value, got {value!r}.")
+        for t in self.temperatures:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+                raise ConfigError(f"temperatures must be finite numbers >= 0 (0 = greedy), got {t!r}.")
+        for k in self.top_ks:
+            if not _is_int(k) or k < 0:
+                raise ConfigError(f"top_ks must be integers >= 0 (0 = the whole vocabulary), got {k!r}.")
+        for s in self.seeds:
+            if not _is_int(s) or s < 0:
+                raise ConfigError(f"seeds must be integers >= 0, got {s!r}.")
+        if not isinstance(self.stop_at_eot, bool):
+            raise ConfigError(f"stop_at_eot must be a bool, got {self.stop_at_eot!r}.")
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.temperatures) * len(self.top_ks) * len(self.seeds)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        for name in ("temperatures", "top_ks", "seeds"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> GridConfig:
+        """Inverse of :meth:`to_dict` (lists back to tuples); unknown keys raise ConfigError."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"Unknown grid config keys: {', '.join(sorted(unknown))}.")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prompt:
+    """A prompt cut from the dataset: ``tokens`` start at ``start`` in the split's token ids;
+    ``continuation`` is the human text that follows it (may be shorter at the end of the split)."""
+
+    start: int
+    tokens: tuple[int, ...]
+    continuation: tuple[int, ...]
+
+
+def make_prompts(
+    token_ids: Sequence[int], *, num_prompts: int, prompt_tokens: int, continuation_tokens: int
+) -> list[Prompt]:
+    """``num_prompts`` prompts of exactly ``prompt_tokens`` tokens, at EVENLY SPACED starts over
+    the split, each followed by its true ``continuation_tokens`` tokens.
+
+    Starts are ``round(i * (N - span) / (num_prompts - 1))`` for span = prompt + continuation, so
+    the first prompt starts the split and the last continuation ends it; no randomness is
+    involved, so the prompts depend only on the split and the two lengths. Prompts overlap when
+    ``num_prompts * span > N``. Raises ConfigError when the split is shorter than one span.
+    """
+    for name, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
+                        ("continuation_tokens", continuation_tokens)):
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    ids = list(token_ids)
+    span = prompt_tokens + continuation_tokens
+    if len(ids) < span:
+        raise ConfigError(
+            f"The split has {len(ids)} tokens, fewer than one prompt plus continuation ({span}); "
+            "lower --prompt-tokens or --max-new-tokens."
+        )
+    room = len(ids) - span
+    starts = [0] if num_prompts == 1 else [round(i * room / (num_prompts - 1)) for i in range(num_prompts)]
+    return [
+        Prompt(
+            start=s,
+            tokens=tuple(ids[s : s + prompt_tokens]),
+            continuation=tuple(ids[s + prompt_tokens : s + span]),
+        )
+        for s in starts
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleSet:
+    """Continuations of every prompt (one per prompt, in prompt order) and whether each stopped at
+    end-of-text."""
+
+    tokens: tuple[tuple[int, ...], ...]
+    hit_eot: tuple[bool, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellMetrics:
+    """The metrics of one set of continuations (see the module docstring)."""
+
+    distinct_1: float
+    distinct_2: float
+    distinct_3: float
+    distinct_1_per_sample: float
+    distinct_2_per_sample: float
+    distinct_3_per_sample: float
+    self_bleu_4: float
+    repetition_rate: float
+    mean_length_tokens: float
+    eot_rate: float
+    generation_perplexity: float | None
+    generated_tokens: int
+    num_samples: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellResult:
+    """One grid cell: its sampling settings, seed, metrics, seconds spent, and a few examples."""
+
+    temperature: float
+    top_k: int
+    seed: int
+    metrics: CellMetrics
+    seconds: float
+    examples: tuple[tuple[int, ...], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "metrics": self.metrics.to_dict(),
+            "examples": [list(e) for e in self.examples],
+        }
+
+
+def continuation_nll(
+    model: GPT, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *, batch_size: int
+) -> tuple[float, int]:
+    """Summed NLL (nats, float64) and count of the tokens of ``continuations[i]`` given
+    ``prompts[i]`` under ``model``. Empty continuations contribute nothing. Each prompt is
+    left-cropped so that prompt + continuation fit the context (at least one prompt token is
+    kept; an empty prompt is replaced by nothing — the continuation's first token is then
+    unscored); a continuation longer than the context is scored in sliding windows (stride =
+    half the context) and only its own tokens are counted."""
+    if len(prompts) != len(continuations):
+        raise ConfigError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
+    block = model.config.block_size
+    spans: list[tuple[list[int], int]] = []
+    for prompt, cont in zip(prompts, continuations):
+        cont = list(cont)
+        if not cont:
+            continue
+        prompt = list(prompt)
+        full = prompt + cont
+        if len(full) <= block + 1:
+            first = len(prompt)
+            if first == 0:
+                if len(cont) < 2:
+                    continue
+                first = 1
+            spans.append((full, first))
+            continue
+        # Too long for one pass: slide over the tail that holds the continuation, with at most a
+        # context's worth of prompt before it, and count only continuation positions.
+        offset = max(0, len(prompt) - block // 2)
+        tail = full[offset:]
+        first_cont = len(prompt) - offset
+        for w in window_plan(len(tail), max_length=block + 1, stride=max(1, block // 2)):
+            first = max(w.first_scored, first_cont)
+            if first < w.end:
+                spans.append((tail[w.begin : w.end], first - w.begin))
+    if not spans:
+        return 0.0, 0
+    scored = score_spans(model, spans, batch_size=batch_size)
+    return math.fsum(s.nll_sum for s in scored), sum(s.num_scored for s in scored)
+
+
+def score_samples(
+    model: GPT, prompts: Sequence[Prompt], samples: SampleSet, *, batch_size: int
+) -> CellMetrics:
+    """All the metrics of ``samples`` (continuations of ``prompts``, in order)."""
+    seqs = [list(t) for t in samples.tokens]
+    d = {n: distinct_n(seqs, n) for n in (1, 2, 3)}
+    nll, count = continuation_nll(model, [p.tokens for p in prompts], seqs, batch_size=batch_size)
+    return CellMetrics(
+        distinct_1=d[1].corpus,
+        distinct_2=d[2].corpus,
+        distinct_3=d[3].corpus,
+        distinct_1_per_sample=d[1].per_sample_mean,
+        distinct_2_per_sample=d[2].per_sample_mean,
+        distinct_3_per_sample=d[3].per_sample_mean,
+        self_bleu_4=self_bleu(seqs, max_n=4),
+        repetition_rate=repetition_rate(seqs),
+        mean_length_tokens=mean_length(seqs),
+        eot_rate=sum(samples.hit_eot) / len(samples.hit_eot) if samples.hit_eot else 0.0,
+        generation_perplexity=math.exp(nll / count) if count else None,
+        generated_tokens=sum(len(s) for s in seqs),
+        num_samples=len(seqs),
+    )
+
+
+def sample_cell(
+    model: GPT, prompts: Sequence[Prompt], *, temperature: float, top_k: int, seed: int, cfg: GridConfig
+) -> SampleSet:
+    """Continue every prompt once under (temperature, top_k) with a fresh ``make_generator(seed)``
+    on the model's device, ``cfg.batch_size`` prompts at a time, in prompt order."""
+    device = model.transformer.wte.weight.device
+    sampling = SamplingConfig(
+        max_new_tokens=cfg.max_new_tokens, temperature=temperature, top_k=top_k or None, stop_at_eot=cfg.stop_at_eot
+    )
+    generator = make_generator(seed, device)
+    tokens: list[tuple[int, ...]] = []
+    hit: list[bool] = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        batch = [list(p.tokens) for p in prompts[start : start + cfg.batch_size]]
+        out = generate(model, batch, sampling, generator=generator)
+        tokens.extend(tuple(t) for t in out.tokens)
+        hit.extend(out.hit_eot)
+    return SampleSet(tokens=tuple(tokens), hit_eot=tuple(hit))
+
+
+def human_reference(model: GPT, prompts: Sequence[Prompt], *, batch_size: int) -> CellMetrics:
+    """The metrics of the dataset's own continuations of ``prompts`` (the reference point)."""
+    samples = SampleSet(tokens=tuple(p.continuation for p in prompts), hit_eot=tuple(False for _ in prompts))
+    return score_samples(model, prompts, samples, batch_size=batch_size)
+
+
+def run_grid(
+    model: GPT,
+    prompts: Sequence[Prompt],
+    cfg: GridConfig,
+    *,
+    progress: bool = False,
+    on_cell: Callable[[CellResult], None] | None = None,
+    num_examples: int = 2,
+) -> list[CellResult]:
+    """Sample and score every (temperature, top_k, seed) cell of ``cfg`` on ``prompts``.
+
+    Cells run in the order temperatures x top_ks x seeds (row-major) and are returned in that
+    order. ``progress``: a tqdm bar over cells on stderr. ``on_cell`` is called after each cell
+    (e.g. to log). ``num_examples``: how many continuations per cell to keep as token ids for the
+    report. Deterministic: the same model, prompts, config and torch build give identical cells.
+    """
+    if not prompts:
+        raise ConfigError("run_grid needs at least one prompt.")
+    cells: list[CellResult] = []
+    combos = [(t, k, s) for t in cfg.temperatures for k in cfg.top_ks for s in cfg.seeds]
+    with tqdm(total=len(combos), desc="grid", unit="cell", disable=not progress) as bar:
+        for temperature, top_k, seed in combos:
+            t0 = time.perf_counter()
+            samples = sample_cell(model, prompts, temperature=temperature, top_k=top_k, seed=seed, cfg=cfg)
+            metrics = score_samples(model, prompts, samples, batch_size=cfg.batch_size)
+            cell = CellResult(
+                temperature=float(temperature),
+                top_k=int(top_k),
+                seed=int(seed),
+                metrics=metrics,
+                seconds=time.perf_counter() - t0,
+                examples=samples.tokens[:num_examples],
+            )
+            cells.append(cell)
+            bar.set_postfix(T=temperature, k=top_k, seed=seed)
+            bar.update(1)
+            if on_cell is not None:
+                on_cell(cell)
+    return cells

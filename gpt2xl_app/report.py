@@ -1,0 +1,82 @@
+"""One Markdown report per run directory, joining eval.json and bench.json (readable on GitHub).
+
+Provenance comes first: which weights (pretrained / RANDOM / checkpoint path and sha256), the
+dataset and its checksum, device, dtype, seeds, git sha and environment. Then the eval section
+(:func:`gpt2xl_app.eval_report.render_eval_section`), then the bench section
+(``gpt2xl_app.bench_report.render_bench_section``) when ``bench.json`` exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gpt2xl.results import read_result, write_text_atomic
+
+
+def _provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | None) -> list[str]:
+    lines = ["## Provenance", ""]
+    if eval_doc is not None:
+        m = eval_doc["model"]
+        weights = m["label"]
+        if m["kind"] == "random":
+            weights = f"**{m['label']}** (numbers below say nothing about a trained model)"
+        lines += [
+            "| | eval |",
+            "|---|---|",
+            f"| weights | {weights} |",
+            f"| weight files | {', '.join(f'`{f}`' for f in m['files']) or '—'} |",
+            f"| weights sha256 | `{m['sha256'] or '—'}` |",
+            f"| parameters | {m['num_parameters']:,} (context {m['config'].get('block_size', '?')}) |",
+        ]
+        datasets = eval_doc.get("datasets") or {eval_doc["dataset"]["name"]: eval_doc["dataset"]}
+        for name, d in datasets.items():
+            lines.append(f"| dataset {name} | {d['source']} — sha256 `{d['sha256']}`; {d['split']} |")
+        env = eval_doc.get("environment", {})
+        lines += [
+            f"| device / dtype | {m['device']} / {m['dtype']} |",
+            f"| seeds | sampling {eval_doc['seeds']}; weights seed {m.get('seed') if m.get('seed') is not None else 'n/a (loaded)'} |",
+            f"| git | `{env.get('git_sha')}` |",
+            f"| environment | python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
+            f"{env.get('cpu')} ({env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads), "
+            f"CUDA {'yes' if env.get('cuda_available') else 'no'} |",
+            "",
+        ]
+    if bench_doc is not None:
+        lines += ["Bench provenance is in the bench section below (bench.json)." if eval_doc is not None
+                  else "Only bench.json is present: provenance is in the bench section.", ""]
+    return lines
+
+
+def render_report(run_dir: Path) -> str:
+    """The Markdown of ``run_dir``'s report. A missing bench renderer yields a clear note in the
+    report, not a crash; a run directory with neither result file raises ResultError."""
+    from gpt2xl.errors import ResultError
+
+    eval_path, bench_path = run_dir / "eval.json", run_dir / "bench.json"
+    eval_doc = read_result(eval_path, kind="eval") if eval_path.exists() else None
+    bench_doc = read_result(bench_path) if bench_path.exists() else None
+    if eval_doc is None and bench_doc is None:
+        raise ResultError(f"{run_dir} holds neither eval.json nor bench.json; run `nox -s eval` or `nox -s bench` first.")
+    lines = [f"# gpt2xl report — {run_dir.name}", ""]
+    lines += _provenance(eval_doc, bench_doc)
+    if eval_doc is not None:
+        from gpt2xl_app.eval_report import render_eval_section
+
+        lines.append(render_eval_section(eval_doc, run_dir))
+    if bench_doc is not None:
+        try:
+            from gpt2xl_app.bench_report import render_bench_section
+        except ImportError as exc:  # the bench renderer is optional; say so in the report itself
+            lines += ["## Benchmarks", "",
+                      f"bench.json is present but its renderer `gpt2xl_app.bench_report.render_bench_section` "
+                      f"cannot be imported ({exc}); see bench.json.", ""]
+        else:
+            lines.append(render_bench_section(bench_doc, run_dir))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write ``run_dir/report.md`` from the result files in ``run_dir``; returns its path."""
+    run_dir = Path(run_dir)
+    return write_text_atomic(run_dir / "report.md", render_report(run_dir))

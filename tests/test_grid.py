@@ -1,0 +1,147 @@
+"""The sampling grid: config validation, prompts, determinism, and the edge cases (all
+end-of-text, empty generations, top-k above the vocabulary, prompts longer than the context)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gpt2xl.config import EOT_TOKEN_ID, GPTConfig
+from gpt2xl.errors import ConfigError
+from gpt2xl.grid import (
+    GridConfig,
+    Prompt,
+    continuation_nll,
+    human_reference,
+    make_prompts,
+    run_grid,
+)
+from gpt2xl.model import GPT
+from tests.conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def split_ids() -> list[int]:
+    from gpt2xl.data import eval_split, load_corpus
+
+    return list(eval_split(load_corpus("tinyshakespeare", data_dir=SHARED_DATA)).token_ids)
+
+
+@pytest.fixture(scope="module")
+def eot_model() -> GPT:
+    """A model whose next token is <|endoftext|> with probability ~1 at every position:
+    ln_f outputs the constant e_0 and only the EOT embedding row has a component along e_0."""
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=16)).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+        model.transformer.wte.weight[EOT_TOKEN_ID, 0] = 100.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    return model
+
+
+def _cfg(**kw) -> GridConfig:
+    base = dict(dataset="tinyshakespeare", num_prompts=4, prompt_tokens=8, max_new_tokens=8,
+                temperatures=(1.0,), top_ks=(0,), seeds=(0,), batch_size=4)
+    base.update(kw)
+    return GridConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"temperatures": ()},
+        {"temperatures": (-0.1,)},
+        {"temperatures": (float("nan"),)},
+        {"top_ks": (-1,)},
+        {"top_ks": (1.5,)},
+        {"seeds": (0, 0)},
+        {"num_prompts": 0},
+        {"batch_size": True},
+        {"dataset": ""},
+    ],
+)
+def test_grid_config_rejects_bad_values(kw):
+    with pytest.raises(ConfigError):
+        _cfg(**kw)
+
+
+def test_grid_config_round_trips_through_dict():
+    cfg = _cfg(temperatures=(0.5, 1.0), top_ks=(0, 5), seeds=(1, 2))
+    assert GridConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.num_cells == 8
+    with pytest.raises(ConfigError, match="Unknown"):
+        GridConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_make_prompts_evenly_spaced_fixed_length():
+    ids = list(range(100))
+    prompts = make_prompts(ids, num_prompts=4, prompt_tokens=5, continuation_tokens=3)
+    assert [p.start for p in prompts] == [0, 31, 61, 92]  # round(i * 92 / 3)
+    assert all(len(p.tokens) == 5 and len(p.continuation) == 3 for p in prompts)
+    assert prompts[-1].continuation == (97, 98, 99)
+    assert prompts[1].tokens == tuple(range(31, 36))
+    assert make_prompts(ids, num_prompts=1, prompt_tokens=5, continuation_tokens=3)[0].start == 0
+    with pytest.raises(ConfigError, match="fewer"):
+        make_prompts(ids[:7], num_prompts=2, prompt_tokens=5, continuation_tokens=3)
+
+
+def test_grid_is_deterministic_under_a_seed(tiny_shakespeare, split_ids):
+    cfg = _cfg(temperatures=(1.0,), top_ks=(0, 20), seeds=(0, 1))
+    prompts = make_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
+    a = run_grid(tiny_shakespeare.model, prompts, cfg)
+    b = run_grid(tiny_shakespeare.model, prompts, cfg)
+    assert [(c.temperature, c.top_k, c.seed) for c in a] == [(1.0, 0, 0), (1.0, 0, 1), (1.0, 20, 0), (1.0, 20, 1)]
+    for x, y in zip(a, b):
+        assert x.examples == y.examples and x.metrics == y.metrics
+    # another seed gives other samples
+    assert a[0].examples != a[1].examples
+    # a cell does not depend on which cells ran before it
+    alone = run_grid(tiny_shakespeare.model, prompts, _cfg(top_ks=(20,), seeds=(1,)))
+    assert alone[0].examples == a[3].examples and alone[0].metrics == a[3].metrics
+
+
+def test_top_k_above_the_vocabulary_equals_the_whole_vocabulary(tiny_shakespeare, split_ids):
+    prompts = make_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
+    cells = run_grid(tiny_shakespeare.model, prompts, _cfg(top_ks=(0, 10**6)))
+    assert cells[0].examples == cells[1].examples
+    assert cells[0].metrics == cells[1].metrics
+
+
+def test_all_end_of_text_generations_give_empty_samples(eot_model):
+    prompts = [Prompt(start=0, tokens=(1, 2, 3), continuation=(4, 5)), Prompt(start=5, tokens=(6, 7, 8), continuation=(9, 10))]
+    for temperature in (0.0, 1.0):
+        (cell,) = run_grid(eot_model, prompts, _cfg(temperatures=(temperature,), top_ks=(5,)))
+        m = cell.metrics
+        assert m.eot_rate == 1.0 and m.mean_length_tokens == 0.0 and m.generated_tokens == 0
+        assert m.generation_perplexity is None  # nothing generated, nothing to score
+        assert m.distinct_1 == m.distinct_2 == m.self_bleu_4 == m.repetition_rate == 0.0
+        assert cell.examples == ((), ())
+
+
+def test_prompt_longer_than_the_context_is_cropped(tiny_shakespeare, split_ids):
+    block = tiny_shakespeare.config.block_size
+    prompts = make_prompts(split_ids, num_prompts=2, prompt_tokens=block + 40, continuation_tokens=8)
+    (cell,) = run_grid(tiny_shakespeare.model, prompts, _cfg(prompt_tokens=block + 40, num_prompts=2))
+    assert cell.metrics.generated_tokens == 16  # no EOT in Shakespeare's continuations here
+    assert cell.metrics.generation_perplexity is not None and cell.metrics.generation_perplexity > 1.0
+    human = human_reference(tiny_shakespeare.model, prompts, batch_size=2)
+    assert human.generated_tokens == 16 and human.eot_rate == 0.0
+
+
+def test_continuation_nll_counts_only_continuation_tokens():
+    v = 50257
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=16)).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()  # uniform next-token distribution
+    prompts = [[1, 2, 3], [4] * 30, [], [5]]
+    conts = [[7, 8], [9] * 40, [10, 11, 12], []]
+    nll, count = continuation_nll(model, prompts, conts, batch_size=3)
+    # every continuation token is scored once (the one after an empty prompt has no predictor);
+    # the 40-token continuation (longer than the context) is slid over in windows.
+    assert count == 2 + 40 + 2 + 0
+    assert nll == pytest.approx(count * math.log(v), rel=1e-6)
+    with pytest.raises(ConfigError):
+        continuation_nll(model, prompts, conts[:2], batch_size=3)

@@ -20,7 +20,17 @@ from torch import nn
 
 from gpt2xl.config import GPTConfig
 
-WeightLayout = Literal["out_in", "in_out"]
+WeightLayout = Literal["out_in", "in_out", "mixed"]
+StorageLayout = Literal["out_in", "in_out"]
+
+
+def storage_layout(layout: WeightLayout, *, in_features: int, out_features: int) -> StorageLayout:
+    """How one projection is stored under ``layout``. ``mixed`` stores expanding and square
+    projections ``[in, out]`` and contracting ones (``mlp.c_proj``) ``[out, in]``: on CPU fp32
+    batch-1 matmuls, each shape streams its weights fastest that way (README, "Weight layout")."""
+    if layout == "mixed":
+        return "in_out" if in_features <= out_features else "out_in"
+    return layout
 
 
 @dataclass
@@ -202,21 +212,23 @@ class GPT(nn.Module):
         return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]
 
     def set_weight_layout(self, layout: WeightLayout) -> None:
-        """Store the block projections in memory as ``[out, in]`` or ``[in, out]``.
+        """Store the block projections in memory as ``[out, in]``, ``[in, out]`` or ``mixed``.
 
         The logical shape stays ``[out, in]`` (``nn.Linear``'s), so state dicts and results are
         unchanged; only the strides differ, and with them which BLAS kernel runs. On CPU a batch-1
-        decode is memory-bound and the two kernels stream weights at different rates: see
+        decode is memory-bound and the kernels stream weights at different rates: see
         ``preferred_weight_layout``.
         """
         for lin in self.linear_layers():
             w = lin.weight.detach()
-            w = w.t().contiguous().t() if layout == "in_out" else w.contiguous()
+            target = storage_layout(layout, in_features=lin.in_features, out_features=lin.out_features)
+            w = w.t().contiguous().t() if target == "in_out" else w.contiguous()
             lin.weight = nn.Parameter(w, requires_grad=False)
 
     def weight_layout(self) -> WeightLayout:
-        w = self.transformer.h[0].attn.c_attn.weight
-        return "out_in" if w.is_contiguous() else "in_out"
+        """The layout the block projections are stored in now (``mixed`` when they differ)."""
+        found = {"out_in" if lin.weight.is_contiguous() else "in_out" for lin in self.linear_layers()}
+        return found.pop() if len(found) == 1 else "mixed"
 
     def weight_bytes(self) -> int:
         """Bytes of parameters one forward pass reads (the tied matrix counted once)."""
@@ -230,9 +242,11 @@ class GPT(nn.Module):
 
 
 def preferred_weight_layout(device: torch.device, dtype: torch.dtype) -> WeightLayout:
-    """The layout that decodes fastest: ``in_out`` (GPT-2's Conv1D) for fp32 on CPU, ``out_in``
-    (nn.Linear) elsewhere. Measured in ``bench`` (see README); bf16 in ``in_out`` is far slower."""
-    return "in_out" if device.type == "cpu" and dtype == torch.float32 else "out_in"
+    """The layout that decodes fastest, measured on the CPUs here (README, "Weight layout"):
+    ``mixed`` for fp32 on CPU (mostly GPT-2's own Conv1D ``[in, out]``: +5% over all-``in_out``,
+    +20% over ``out_in``); ``out_in`` (``nn.Linear``) for bf16/fp16, where ``[in, out]`` matmuls
+    run >10x slower on CPU, and on CUDA."""
+    return "mixed" if device.type == "cpu" and dtype == torch.float32 else "out_in"
 
 
 def init_random_(model: GPT, *, seed: int, std: float = 0.02, pool_size: int = (1 << 20) + 7) -> None:

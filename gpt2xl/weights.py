@@ -32,7 +32,7 @@ import torch
 from gpt2xl.config import GPTConfig, get_preset
 from gpt2xl.devices import check_dtype_supported, dtype_name, resolve_device, resolve_dtype
 from gpt2xl.errors import ConfigError, WeightsError
-from gpt2xl.model import GPT, WeightLayout, init_random_, preferred_weight_layout
+from gpt2xl.model import GPT, WeightLayout, init_random_, preferred_weight_layout, storage_layout
 
 HUB_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -131,8 +131,8 @@ def load_model(
     check_dtype_supported(torch_device, torch_dtype)
     if layout == "auto":
         layout = preferred_weight_layout(torch_device, torch_dtype)
-    elif layout not in ("out_in", "in_out"):
-        raise ConfigError(f"Unknown weight layout {layout!r}; use auto, out_in or in_out.")
+    elif layout not in ("out_in", "in_out", "mixed"):
+        raise ConfigError(f"Unknown weight layout {layout!r}; use auto, out_in, in_out or mixed.")
 
     if spec.startswith(RANDOM_PREFIX):
         config = get_preset(spec.removeprefix(RANDOM_PREFIX))
@@ -171,10 +171,9 @@ def _empty_model(config: GPTConfig, device: torch.device, dtype: torch.dtype, la
         model = GPT(config).to(dtype)
     model.to_empty(device=device)
     model.tie_weights()  # to_empty re-creates parameters per module, which unties them
-    if layout == "in_out":
-        for lin in model.linear_layers():
-            out_features, in_features = lin.weight.shape
-            storage = torch.empty(in_features, out_features, device=device, dtype=dtype)
+    for lin in model.linear_layers():
+        if storage_layout(layout, in_features=lin.in_features, out_features=lin.out_features) == "in_out":
+            storage = torch.empty(lin.in_features, lin.out_features, device=device, dtype=dtype)
             lin.weight = torch.nn.Parameter(storage.t(), requires_grad=False)
     return model
 
@@ -340,7 +339,9 @@ def _copy_hf_tensors(
         with torch.no_grad():
             if conv1d:
                 # value is [in, out]; its transpose is the [out, in] parameter, already in in_out layout.
-                value = value.t() if layout == "in_out" else value.t().contiguous()
+                in_features, out_features = value.shape
+                target = storage_layout(layout, in_features=in_features, out_features=out_features)
+                value = value.t() if target == "in_out" else value.t().contiguous()
                 param.data = value
             else:
                 param.copy_(value)

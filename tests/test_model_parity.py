@@ -81,7 +81,7 @@ def test_shared_trained_checkpoint_matches_transformers(folder):
     _check_parity(hf, folder, block_size=128)
 
 
-@pytest.mark.parametrize("layout", ["in_out", "out_in"])
+@pytest.mark.parametrize("layout", ["in_out", "out_in", "mixed"])
 def test_weight_layout_does_not_change_logits(tiny_shakespeare_dir, layout):
     ref = load_model(str(tiny_shakespeare_dir), layout="out_in")
     other = load_model(str(tiny_shakespeare_dir), layout=layout)

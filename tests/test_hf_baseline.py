@@ -1,4 +1,4 @@
-"""The HF baseline shares our weights (no copy) and computes the same logits; fixed length."""
+"""The HF baseline runs on our weights in its native layout and computes the same logits."""
 
 from __future__ import annotations
 
@@ -9,15 +9,21 @@ from bench.hf_baseline import build_hf_model, hf_generate_timed, hf_weight_layou
 from gpt2xl.weights import load_model
 
 
-@pytest.mark.parametrize(("dtype", "layout", "atol"), [("fp32", "in_out", 1e-5), ("bf16", "out_in", 2e-2)])
-def test_hf_model_on_our_weights_gives_our_logits(dtype: str, layout: str, atol: float) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "layout", "native", "shared", "atol"),
+    [
+        ("fp32", "mixed", True, True, 1e-5),  # attn/c_fc stored as HF's own [in, out]: shared
+        ("bf16", "out_in", True, False, 2e-2),  # HF gets its native [in, out] copy
+        ("bf16", "out_in", False, True, 2e-2),  # or, for layout studies, views of ours
+    ],
+)
+def test_hf_model_on_our_weights_gives_our_logits(dtype, layout, native, shared, atol) -> None:
     loaded = load_model("random:tiny", dtype=dtype, seed=3)
     assert loaded.layout == layout  # the layouts the benchmarks use on CPU
-    hf = build_hf_model(loaded.model)
-    assert hf_weight_layout(hf) == layout
-    # shared storage, not a copy
+    hf = build_hf_model(loaded.model, native=native)
+    assert hf_weight_layout(hf) == ("in_out" if native else layout)
     ours = loaded.model.transformer.h[0].attn.c_attn.weight
-    assert hf.transformer.h[0].attn.c_attn.weight.data_ptr() == ours.data_ptr()
+    assert (hf.transformer.h[0].attn.c_attn.weight.data_ptr() == ours.data_ptr()) == shared
     assert hf.lm_head.weight.data_ptr() == loaded.model.transformer.wte.weight.data_ptr()
     idx = torch.randint(0, loaded.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench.profiles import Case, Profile, default_model, get_profile
-from gpt2xl.devices import check_dtype_supported, resolve_device, resolve_dtype
+from gpt2xl.devices import check_dtype_supported, cpu_has_native, cpu_name, resolve_device, resolve_dtype
 from gpt2xl.environment import environment_info
 from gpt2xl.errors import DeviceError
 from gpt2xl.hardware import BandwidthProbe, cpu_peak_method, measure_memory_bandwidth
@@ -82,9 +82,20 @@ class BenchState:
         spec = case.model or self.model
         try:
             device = resolve_device(case.device)
-            check_dtype_supported(device, resolve_dtype(case.dtype))
+            dtype = resolve_dtype(case.dtype)
+            check_dtype_supported(device, dtype)
         except DeviceError as exc:
             pytest.skip(str(exc))
+        if (
+            self.profile.skip_emulated_cpu_dtypes
+            and self.dtypes is None
+            and device.type == "cpu"
+            and not cpu_has_native(dtype)
+        ):
+            pytest.skip(
+                f"this CPU ({cpu_name()}) has no native {case.dtype} matmul instructions: torch emulates "
+                f"{case.dtype}, which runs slower than fp32; measure it anyway with --dtype {case.dtype}"
+            )
         self.probe(device)
         key = (spec, case.device, case.dtype)
         if self.entry is None or self.entry.key != key:

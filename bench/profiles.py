@@ -6,9 +6,10 @@ are sized for a 2-core CPU box (see /work/shared/PERF.md for the speeds the budg
 - ``smoke``: ``random:tiny``, seconds; for tests of the pipeline itself.
 - ``gate``: ``random:gpt2`` fp32, the three samplers interleaved round by round so their RATIOS
   hold on a noisy shared machine; under 2 minutes. What CI compares against a baseline.
-- ``quick`` (``nox -s bench`` default): gpt2-xl fp32 + bf16, batch 1, 16-token prompt, 32 new
-  tokens (8 for the no-cache reference, ~3x slower on XL), plus the decode-cost-vs-length sweep
-  on gpt2; about 5 minutes on a quiet 2-core machine.
+- ``quick`` (``nox -s bench`` default): gpt2-xl fp32 + bf16 (bf16 only where the CPU has native
+  bf16 matmuls; emulated, it is skipped with the reason), batch 1, 16-token prompt, 32 new tokens
+  (8 for the no-cache reference, ~3x slower on XL), plus the decode-cost-vs-length sweep on gpt2;
+  about 6 minutes on a quiet 2-core machine.
 - ``full``: adds fp16, batch 4, 128 new tokens and a longer sweep; tens of minutes.
 
 CUDA cases are listed in every profile so that a machine without a GPU shows them as SKIPPED
@@ -78,6 +79,9 @@ class Profile:
     ratio_point: tuple[int, int, int] = (1, 16, 32)  # batch, prompt_len, new_tokens
     probe_bytes: int | None = None  # bandwidth probe buffer; None: 2 GiB on CPU (capped by free RAM)
     threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
+    # Skip bf16/fp16 CPU cases on CPUs without native instructions for them (emulated low
+    # precision runs ~10x slower and would blow the time budget) unless --dtype names them.
+    skip_emulated_cpu_dtypes: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.warmup_rounds < 0 or self.scaling_rounds < 1 or self.ratio_rounds < 0:
@@ -151,7 +155,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick",
-        description="gpt2-xl fp32+bf16, batch 1, prompt 16, 32 new (reference: 8), + sweep on gpt2: ~5 min",
+        description="gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8), + sweep on gpt2: ~6 min",
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
         points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("hf", 1, 16, 32)),
@@ -160,6 +164,7 @@ PROFILES: dict[str, Profile] = {
         scaling_model="random:gpt2",
         scaling_new_tokens=(16, 32, 64, 128),
         scaling_rounds=1,
+        skip_emulated_cpu_dtypes=True,
     ),
     "full": Profile(
         name="full",

@@ -76,6 +76,27 @@ def _dtype_probe(device: str, dtype: torch.dtype) -> str | None:
     return None
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the OS reports (empty where /proc/cpuinfo does not exist)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return frozenset()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU has matmul instructions for ``dtype`` (bf16: AVX512-BF16 or AMX-BF16;
+    fp16: AVX512-FP16 or AMX-FP16). Without them torch still runs the dtype, emulated: correct
+    but often slower than fp32, so a throughput profile may leave it out."""
+    if dtype == torch.float32:
+        return True
+    wanted = {torch.bfloat16: {"avx512_bf16", "amx_bf16"}, torch.float16: {"avx512_fp16", "amx_fp16"}}
+    return bool(wanted.get(dtype, set()) & cpu_flags())
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so that a timer read afterwards measures finished work."""
     if device.type == "cuda":

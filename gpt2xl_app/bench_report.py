@@ -94,8 +94,25 @@ def _table(cases: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _targets(throughput: list[dict[str, Any]], scaling: list[dict[str, Any]]) -> list[str]:
+NOISE_BAND = 0.05  # run-to-run spread of decode tok/s seen on the shared 2-core machines
+
+
+def _read_bandwidth_basis(g: dict[str, Any], device: str) -> float | None:
+    """The higher of the start and end read-bandwidth probes: this VM's bandwidth drifts by tens of
+    percent, and judging a roofline target against a probe taken in a slow spell would flatter it."""
+    values = [
+        p.get(device, {}).get("read_bytes_per_s")
+        for p in (g.get("bandwidth") or {}, g.get("bandwidth_end") or {})
+    ]
+    values = [v for v in values if v]
+    return max(values) if values else None
+
+
+def _targets(
+    throughput: list[dict[str, Any]], scaling: list[dict[str, Any]], g: dict[str, Any] | None = None
+) -> list[str]:
     """Issue #3's speed targets, stated as measured (reported, never asserted)."""
+    g = g or {}
     lines = []
     by_key: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for c in throughput:
@@ -104,12 +121,19 @@ def _targets(throughput: list[dict[str, Any]], scaling: list[dict[str, Any]]) ->
     for (model, dtype, _p, n), s in sorted(by_key.items()):
         if "cached" in s and "hf" in s:
             r = s["cached"]["decode_tokens_per_s"] / s["hf"]["decode_tokens_per_s"]
+            verdict = "met" if r >= 1 else "NOT met"
+            if abs(r - 1) < NOISE_BAND:
+                verdict += f"; within the ±{NOISE_BAND:.0%} run-to-run noise, i.e. parity"
             lines.append(f"- CPU batch 1 {model} {dtype}, {n} new: ours vs HF `generate` decode = **{r:.2f}×** "
-                         f"(target ≥ 1.00: {'met' if r >= 1 else 'NOT met'})")
+                         f"(target ≥ 1.00: {verdict})")
         if "cached" in s and dtype == "fp32":
-            f = s["cached"]["roofline_fraction"]
+            c = s["cached"]
+            basis = _read_bandwidth_basis(g, c["device"]) or c.get("bandwidth_bytes_per_s")
+            f = c["achieved_bytes_per_s"] / basis if basis else c["roofline_fraction"]
+            where = (f"{basis / 1e9:.1f} GB/s, the higher of the start and end probes; "
+                     f"{c['roofline_fraction']:.0%} of the start probe in the table") if basis else "the start probe"
             lines.append(f"- CPU batch 1 {model} fp32, {n} new: ours at **{f:.0%}** of the read-bandwidth roofline "
-                         f"(target ≥ {ROOFLINE_TARGET:.0%}: {'met' if f >= ROOFLINE_TARGET else 'NOT met'})")
+                         f"({where}) (target ≥ {ROOFLINE_TARGET:.0%}: {'met' if f >= ROOFLINE_TARGET else 'NOT met'})")
     per_sampler: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for c in scaling:
         if c.get("decode_s_per_token"):
@@ -219,7 +243,7 @@ def render_bench_section(bench_doc: dict[str, Any], out_dir: Path) -> str:
         md += ["### Ratios (measured within this run)", "", "| group : ratio | value |", "|---|---|"]
         md += [f"| {name} | {value:.2f}× |" for name, value in sorted(ratios.items())]
         md.append("")
-    targets = _targets(throughput, scaling)
+    targets = _targets(throughput, scaling, bench_doc.get("machine_info", {}).get("gpt2xl", {}))
     if targets:
         md += ["### Speed targets (issue #3; reported, not asserted)", "", *targets, ""]
     if scaling:

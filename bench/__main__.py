@@ -104,13 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         return status or 1
     if not args.no_report:
         from gpt2xl_app.bench_report import write_bench_report
+        from gpt2xl_app.report import write_report
 
         try:
             report = write_bench_report(run_dir)
+            joined = write_report(run_dir)  # report.md: bench joined with eval.json when present
         except GPT2XLError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"[bench] report: {report}")
+        print(f"[bench] report: {report} (joined run report: {joined})")
     print(f"[bench] results: {json_path}")
     return status
 

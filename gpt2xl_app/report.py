@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt2xl.results import read_result, write_text_atomic
+from gpt2xl_app.bench_report import render_bench_section
+from gpt2xl_app.compare import load_bench
 
 
 def _provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | None) -> list[str]:
@@ -49,13 +51,13 @@ def _provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | Non
 
 
 def render_report(run_dir: Path) -> str:
-    """The Markdown of ``run_dir``'s report. A missing bench renderer yields a clear note in the
-    report, not a crash; a run directory with neither result file raises ResultError."""
+    """The Markdown of ``run_dir``'s report; a run directory with neither result file raises
+    ResultError."""
     from gpt2xl.errors import ResultError
 
     eval_path, bench_path = run_dir / "eval.json", run_dir / "bench.json"
     eval_doc = read_result(eval_path, kind="eval") if eval_path.exists() else None
-    bench_doc = read_result(bench_path) if bench_path.exists() else None
+    bench_doc = load_bench(bench_path) if bench_path.exists() else None  # pytest-benchmark's format
     if eval_doc is None and bench_doc is None:
         raise ResultError(f"{run_dir} holds neither eval.json nor bench.json; run `nox -s eval` or `nox -s bench` first.")
     lines = [f"# gpt2xl report — {run_dir.name}", ""]
@@ -65,14 +67,7 @@ def render_report(run_dir: Path) -> str:
 
         lines.append(render_eval_section(eval_doc, run_dir))
     if bench_doc is not None:
-        try:
-            from gpt2xl_app.bench_report import render_bench_section
-        except ImportError as exc:  # the bench renderer is optional; say so in the report itself
-            lines += ["## Benchmarks", "",
-                      f"bench.json is present but its renderer `gpt2xl_app.bench_report.render_bench_section` "
-                      f"cannot be imported ({exc}); see bench.json.", ""]
-        else:
-            lines.append(render_bench_section(bench_doc, run_dir))
+        lines.append(render_bench_section(bench_doc, run_dir))
     return "\n".join(lines).rstrip() + "\n"
 
 

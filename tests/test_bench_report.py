@@ -51,6 +51,8 @@ def test_smoke_run_writes_json_markdown_and_plots(smoke_run) -> None:
     for png in ("bench_tokens_per_s.png", "bench_decode_scaling.png"):
         assert (run_dir / png).stat().st_size > 1000
     assert "report:" in proc.stdout and "bench.md" in proc.stdout
+    joined = (run_dir / "report.md").read_text()  # the run's joined report (eval would join it too)
+    assert joined.index("## Provenance") < joined.index("## Throughput") and "**RANDOM weights" in joined
 
 
 @pytest.mark.slow

@@ -424,7 +424,7 @@ def run(
     ppl_batch_size: Annotated[int, typer.Option(help="Perplexity windows per forward pass.")] = 16,
     ppl_max_tokens: Annotated[Optional[int], typer.Option(
         help="Score only the first N tokens of each perplexity dataset, for quick looks. The default (0) scores "
-             "every test set whole, as published perplexities do: WikiText-2's 286,221 tokens take ~4 min on 2 "
+             "every test set whole, as published perplexities do: WikiText-2's 286,221 tokens take ~2 min on 2 "
              "quiet cores with the tiny model.",
     )] = 0,
     lambada_max_examples: Annotated[int, typer.Option(help="LAMBADA examples to score (0 = skip LAMBADA).")] = 0,

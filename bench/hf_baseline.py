@@ -25,6 +25,7 @@ from gpt2xl.config import EOT_TOKEN_ID
 from gpt2xl.devices import synchronize
 from gpt2xl.errors import ConfigError
 from gpt2xl.model import GPT
+from gpt2xl.sampling import decode_tokens_per_s
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -102,11 +103,11 @@ class HFTiming:
 
     @property
     def decode_tokens_per_s(self) -> float:
-        return self.batch_size * (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else 0.0
+        return decode_tokens_per_s(batch_size=self.batch_size, steps=self.new_tokens, decode_s=self.decode_s)
 
     @property
     def tokens_per_s(self) -> float:
-        return self.batch_size * self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+        return self.batch_size * self.new_tokens / self.total_s if self.total_s > 0 else 0.0  # one call, end to end
 
 
 def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float, top_k: int | None) -> torch.Tensor:

@@ -22,7 +22,14 @@ from bench.hf_baseline import build_hf_model, hf_generate_timed, hf_weight_layou
 from bench.profiles import Case
 from gpt2xl.devices import device_name
 from gpt2xl.hardware import peak_memory_bytes, reset_peak_memory
-from gpt2xl.sampling import SamplingConfig, generate, generate_reference, make_generator
+from gpt2xl.sampling import (
+    SamplingConfig,
+    decode_tokens_per_s,
+    generate,
+    generate_reference,
+    make_generator,
+    tokens_per_s,
+)
 
 TEMPERATURE = 0.8
 TOP_K = 40
@@ -39,12 +46,11 @@ class Round:
 
     @property
     def decode_tokens_per_s(self) -> float:
-        return self.batch_size * (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else 0.0
+        return decode_tokens_per_s(batch_size=self.batch_size, steps=self.new_tokens, decode_s=self.decode_s)
 
     @property
     def tokens_per_s(self) -> float:
-        total = self.prefill_s + self.decode_s
-        return self.batch_size * self.new_tokens / total if total > 0 else 0.0
+        return tokens_per_s(batch_size=self.batch_size, steps=self.new_tokens, prefill_s=self.prefill_s, decode_s=self.decode_s)
 
 
 def make_prompts(case: Case, *, vocab_size: int, seed: int) -> list[list[int]]:

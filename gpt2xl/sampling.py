@@ -97,14 +97,23 @@ class GenerationOutput:
 
     @property
     def decode_tokens_per_s(self) -> float:
-        """Tokens per second after the first, over the whole batch (0 when there were none)."""
-        return self.batch_size * (self.steps - 1) / self.decode_s if self.steps > 1 and self.decode_s > 0 else 0.0
+        return decode_tokens_per_s(batch_size=self.batch_size, steps=self.steps, decode_s=self.decode_s)
 
     @property
     def tokens_per_s(self) -> float:
-        """End-to-end tokens per second over the whole batch, prefill included."""
-        total_s = self.prefill_s + self.decode_s
-        return self.batch_size * self.steps / total_s if total_s > 0 else 0.0
+        return tokens_per_s(batch_size=self.batch_size, steps=self.steps, prefill_s=self.prefill_s, decode_s=self.decode_s)
+
+
+def decode_tokens_per_s(*, batch_size: int, steps: int, decode_s: float) -> float:
+    """Tokens per second after the first of each row, over the whole batch (0 when none): the
+    decode rate without prefill, as every sampler (ours or HF's) is reported."""
+    return batch_size * (steps - 1) / decode_s if steps > 1 and decode_s > 0 else 0.0
+
+
+def tokens_per_s(*, batch_size: int, steps: int, prefill_s: float, decode_s: float) -> float:
+    """End-to-end tokens per second over the whole batch, prefill included."""
+    total_s = prefill_s + decode_s
+    return batch_size * steps / total_s if total_s > 0 else 0.0
 
 
 def _crop(prompts: Sequence[Sequence[int]], block_size: int, eot_id: int) -> list[list[int]]:

@@ -33,3 +33,10 @@ class DataError(GPT2XLError):
 
 class ResultError(GPT2XLError):
     """A result file that cannot be read: missing, not JSON, or another schema version or kind."""
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` when it is an integer (not a bool) >= ``minimum``; ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value

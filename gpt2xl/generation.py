@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from gpt2xl.environment import environment_info
-from gpt2xl.errors import ConfigError
+from gpt2xl.errors import check_int
 from gpt2xl.results import SCHEMA_VERSION
 from gpt2xl.sampling import SamplingConfig, generate, make_generator
 from gpt2xl.tokenizer import decode, encode
@@ -32,8 +32,7 @@ def run_generation(
     (prefill, decode tokens/s, end-to-end tokens/s), the model's provenance, seed and environment.
     """
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    check_int("num_samples", num_samples)
     loaded = load_model(model, device=device, dtype=dtype, seed=seed)
     prompt_ids = encode(prompt)
     out = generate(loaded.model, [prompt_ids] * num_samples, cfg, generator=make_generator(seed, loaded.device))

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from gpt2xl.errors import ConfigError
+from gpt2xl.errors import ConfigError, check_int
 from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu
 from gpt2xl.model import GPT
 from gpt2xl.perplexity import score_spans, window_plan
@@ -52,10 +52,6 @@ METRIC_NAMES: tuple[str, ...] = (
     "eot_rate",
     "generation_perplexity",
 )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,9 +75,7 @@ class GridConfig:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError(f"dataset must be a non-empty name, got {self.dataset!r}.")
         for name in ("num_prompts", "prompt_tokens", "max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+            check_int(name, getattr(self, name))
         for name in ("temperatures", "top_ks", "seeds"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not value:
@@ -92,11 +86,9 @@ class GridConfig:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
                 raise ConfigError(f"temperatures must be finite numbers >= 0 (0 = greedy), got {t!r}.")
         for k in self.top_ks:
-            if not _is_int(k) or k < 0:
-                raise ConfigError(f"top_ks must be integers >= 0 (0 = the whole vocabulary), got {k!r}.")
+            check_int("top_ks entries (0 = the whole vocabulary)", k, minimum=0)
         for s in self.seeds:
-            if not _is_int(s) or s < 0:
-                raise ConfigError(f"seeds must be integers >= 0, got {s!r}.")
+            check_int("seeds", s, minimum=0)
         if not isinstance(self.stop_at_eot, bool):
             raise ConfigError(f"stop_at_eot must be a bool, got {self.stop_at_eot!r}.")
 
@@ -144,8 +136,7 @@ def make_prompts(
     """
     for name, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
                         ("continuation_tokens", continuation_tokens)):
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        check_int(name, value)
     ids = list(token_ids)
     span = prompt_tokens + continuation_tokens
     if len(ids) < span:

@@ -22,7 +22,7 @@ import psutil
 import torch
 
 from gpt2xl.devices import synchronize
-from gpt2xl.errors import ConfigError
+from gpt2xl.errors import ConfigError, check_int
 
 DEFAULT_CPU_PROBE_BYTES = 2 << 30  # 2 GiB: far beyond any last-level cache, as in PERF.md
 DEFAULT_CUDA_PROBE_BYTES = 4 << 30  # beyond any GPU L2; small next to HBM
@@ -96,8 +96,7 @@ def measure_memory_bandwidth(
         nbytes = default_probe_bytes(device)
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 4:
         raise ConfigError(f"nbytes must be an integer >= 4, got {nbytes!r}.")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"repeats must be a positive integer, got {repeats!r}.")
+    check_int("repeats", repeats)
     n = nbytes // 4
     nbytes = n * 4
     src = torch.ones(n, dtype=torch.float32, device=device)  # ones, not empty: pages must be touched

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gpt2xl.errors import ConfigError
+from gpt2xl.errors import ConfigError, check_int
 
 # NLTK's SmoothingFunction(epsilon=0.1).method1 (Chen & Cherry 2014, method 1): a zero n-gram
 # match count is replaced by epsilon before dividing by the number of hypothesis n-grams.
@@ -43,12 +43,6 @@ def _samples(samples: Iterable[Iterable[int]]) -> list[tuple[int, ...]]:
     if isinstance(samples, (str, bytes, bytearray)):
         raise TypeError(f"samples must be a sequence of token-id sequences, not {type(samples).__name__}")
     return [_tokens(sample) for sample in samples]
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 def _ngrams(tokens: tuple[int, ...], n: int) -> list[tuple[int, ...]]:
@@ -80,7 +74,7 @@ class DistinctN:
     total: int
 
     def __post_init__(self) -> None:
-        _positive_int("DistinctN.n", self.n)
+        check_int("DistinctN.n", self.n)
         if not 0 <= self.unique <= self.total:
             raise ConfigError(f"DistinctN needs 0 <= unique <= total, got {self.unique} and {self.total}.")
         for name in ("corpus", "per_sample_mean"):
@@ -97,7 +91,7 @@ def distinct_n(samples: Iterable[Iterable[int]], n: int) -> DistinctN:
     (distinct n-grams of one sample) / (count of samples x its n-grams). Raises ConfigError when
     ``n`` is not an integer >= 1, TypeError for samples that are not integer sequences.
     """
-    _positive_int("n", n)
+    check_int("n", n)
     unique: set[tuple[int, ...]] = set()
     total = 0
     ratios: list[float] = []
@@ -201,7 +195,7 @@ def self_bleu(samples: Iterable[Iterable[int]], *, max_n: int = 4) -> float:
     1.0; samples with no token in common give 0.0. Raises ConfigError when ``max_n`` is not an
     integer >= 1, TypeError for samples that are not integer sequences.
     """
-    _positive_int("max_n", max_n)
+    check_int("max_n", max_n)
     sequences = [tokens for tokens in _samples(samples) if tokens]
     if len(sequences) < 2:
         return 0.0
@@ -252,8 +246,8 @@ REPETITION_SHORT_PHRASE_MAX_COUNT = 50  # a shorter phrase is flagged only when 
 
 def _check_repetition_options(eot_id: int | None, max_phrase_len: int) -> None:
     if eot_id is not None:
-        _positive_int("eot_id", eot_id, minimum=0)
-    _positive_int("max_phrase_len", max_phrase_len)
+        check_int("eot_id", eot_id, minimum=0)
+    check_int("max_phrase_len", max_phrase_len)
 
 
 def _trailing_repeats(sequence: tuple[int, ...], phrase_len: int) -> int:

@@ -29,17 +29,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gpt2xl.config import EOT_TOKEN_ID
-from gpt2xl.errors import ConfigError
+from gpt2xl.errors import ConfigError, check_int
 from gpt2xl.model import GPT
 from gpt2xl.tokenizer import encode
 
 ProgressHook = Callable[[int, int], None]  # (windows done, windows in all)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,8 +75,8 @@ def window_plan(seq_len: int, *, max_length: int, stride: int) -> list[Window]:
     ``max_length - stride`` tokens of context. A window that would score nothing is dropped.
     ``stride > max_length`` is refused (it would skip tokens silently). ``seq_len < 2`` → [].
     """
-    _positive_int("max_length", max_length)
-    _positive_int("stride", stride)
+    check_int("max_length", max_length)
+    check_int("stride", stride)
     if stride > max_length:
         raise ConfigError(f"stride ({stride}) must not exceed the context length ({max_length}); it would skip tokens.")
     windows: list[Window] = []
@@ -129,7 +123,7 @@ def score_spans(
 
     ``progress``: False, True (a tqdm bar on stderr), or a callback ``(done, total)`` in spans.
     """
-    _positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     block_size = model.config.block_size
     for ids, first in spans:
         if not 1 <= first < len(ids) <= block_size + 1:
@@ -259,8 +253,8 @@ def perplexity_report(nll: NLLResult, *, num_words: int, num_bytes: int) -> Perp
     """Token perplexity, bits per byte and word perplexity of ``nll``; ``num_words`` and
     ``num_bytes`` describe the same (whole) text. Raises ConfigError when nothing was scored or a
     count is not positive."""
-    _positive_int("num_words", num_words)
-    _positive_int("num_bytes", num_bytes)
+    check_int("num_words", num_words)
+    check_int("num_bytes", num_bytes)
     return PerplexityReport(
         nll_sum=nll.nll_sum,
         tokens_scored=nll.tokens_scored,

@@ -33,6 +33,49 @@ def storage_layout(layout: WeightLayout, *, in_features: int, out_features: int)
     return layout
 
 
+SPLIT_K_MAX_ROWS = 32  # measured: split-K beats F.linear up to 32 rows on the CPUs here (README)
+
+
+def split_k_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, splits: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` computed as ``splits`` partial products over slices of the
+    input dimension, run as one batched matmul and summed.
+
+    Why: for a few rows (a decode step) PyTorch's CPU fp32 matmul runs MKL's matrix-vector kernel
+    on one thread, which streams weights at ~60% of what the machine's memory allows; a batched
+    matmul is spread over threads, one slice each. The slices are views of ``weight`` in either
+    storage layout (no copy). The result differs from ``F.linear`` only in summation order (fp32
+    rounding, ~1e-7 relative). ``weight.shape[1]`` must be divisible by ``splits``.
+    """
+    out_features, in_features = weight.shape
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, in_features)  # (R, in)
+    xk = rows.view(rows.shape[0], splits, in_features // splits).transpose(0, 1)  # (S, R, in/S)
+    wk = weight.t().unflatten(0, (splits, in_features // splits))  # (S, in/S, out), a view
+    y = torch.bmm(xk, wk).sum(0)  # (R, out)
+    if bias is not None:
+        y = y.add_(bias)
+    return y.view(*lead, out_features)
+
+
+class Projection(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose decode-sized matmuls can take the
+    split-K path (:func:`split_k_linear`) over as many slices as torch has threads.
+
+    ``split_k`` is off by default; :meth:`GPT.set_split_k` turns it on where it measures faster
+    (CPU fp32). It applies only to inputs of at most ``SPLIT_K_MAX_ROWS`` rows, with more than one
+    thread, and when the input width divides evenly; anything else runs ``F.linear``.
+    """
+
+    split_k: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split_k and x.numel() <= SPLIT_K_MAX_ROWS * self.in_features:
+            splits = torch.get_num_threads()
+            if splits > 1 and self.in_features % splits == 0:
+                return split_k_linear(x, self.weight, self.bias, splits=splits)
+        return F.linear(x, self.weight, self.bias)
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer for a batch, preallocated to ``max_len`` positions.
@@ -76,8 +119,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Projection(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = Projection(config.n_embd, config.n_embd)
 
     def forward(
         self,
@@ -115,8 +158,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
-        self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+        self.c_fc = Projection(config.n_embd, config.mlp_width)
+        self.c_proj = Projection(config.mlp_width, config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
@@ -157,7 +200,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Projection(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -207,7 +250,20 @@ class GPT(nn.Module):
         ref = self.transformer.wte.weight
         return KVCache.empty(self.config, batch_size=batch_size, max_len=max_len, device=ref.device, dtype=ref.dtype)
 
-    def linear_layers(self) -> list[nn.Linear]:
+    def projections(self) -> list[Projection]:
+        """Every matmul with weights: the block projections and the (tied) ``lm_head``."""
+        return [*self.linear_layers(), self.lm_head]
+
+    def set_split_k(self, enabled: bool) -> None:
+        """Route decode-sized matmuls through :func:`split_k_linear` (or back to ``F.linear``).
+        Logits change only by fp32 summation order; see ``preferred_split_k`` for when it pays."""
+        for proj in self.projections():
+            proj.split_k = enabled
+
+    def split_k_enabled(self) -> bool:
+        return all(proj.split_k for proj in self.projections())
+
+    def linear_layers(self) -> list[Projection]:
         """The four GPT-2 ``Conv1D`` projections of every block (not the tied lm_head)."""
         return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]
 
@@ -247,6 +303,13 @@ def preferred_weight_layout(device: torch.device, dtype: torch.dtype) -> WeightL
     +20% over ``out_in``); ``out_in`` (``nn.Linear``) for bf16/fp16, where ``[in, out]`` matmuls
     run >10x slower on CPU, and on CUDA."""
     return "mixed" if device.type == "cpu" and dtype == torch.float32 else "out_in"
+
+
+def preferred_split_k(device: torch.device, dtype: torch.dtype) -> bool:
+    """Split-K decode matmuls for fp32 on CPU, where they stream weights ~1.4x faster over two
+    threads (README, "Split-K decode"); not for bf16/fp16 on CPU (oneDNN already threads them,
+    and batched bf16 matmuls measured 2-3x slower) nor on CUDA (cuBLAS fills the GPU)."""
+    return device.type == "cpu" and dtype == torch.float32
 
 
 def init_random_(model: GPT, *, seed: int, std: float = 0.02, pool_size: int = (1 << 20) + 7) -> None:

@@ -99,7 +99,8 @@ def ratio_metrics(doc: dict[str, Any]) -> dict[str, float]:
       keyed by the case's group and new-token count.
     - From separate throughput cases of the same model/device/dtype/batch/prompt:
       ``ours_vs_hf_decode`` (cached vs hf at equal new tokens) and
-      ``cached_vs_reference_decode`` (the reference may run fewer tokens; its n is in the key).
+      ``cached_vs_reference_decode`` (the reference may run fewer tokens; its n is in the key),
+      ``split_k_vs_linear_decode`` (cached vs cached-linear: what split-K matmuls add).
     """
     out: dict[str, float] = {}
     groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -116,6 +117,11 @@ def ratio_metrics(doc: dict[str, Any]) -> dict[str, float]:
             for hf in by_sampler.get("hf", []):
                 if hf["new_tokens"] == n:
                     out[f"{key}-n{n}:ours_vs_hf_decode"] = cached["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+            for linear in by_sampler.get("cached-linear", []):
+                if linear["new_tokens"] == n:
+                    out[f"{key}-n{n}:split_k_vs_linear_decode"] = (
+                        cached["decode_tokens_per_s"] / linear["decode_tokens_per_s"]
+                    )
             for ref in by_sampler.get("reference", []):
                 out[f"{key}-n{n}-ref{ref['new_tokens']}:cached_vs_reference_decode"] = (
                     cached["decode_tokens_per_s"] / ref["decode_tokens_per_s"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from gpt2xl.errors import ConfigError
 
-# "cached-linear": our cached sampler with split-K matmuls off (what split-K adds, same run)
+# "cached-linear": our cached sampler with split matmuls off (what splitting adds, same run)
 SAMPLERS = ("reference", "cached", "cached-linear", "hf")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "fp16", "bf16")

@@ -78,15 +78,15 @@ def make_runner(entry: _Entry, case: Case, *, seed: int, sampler: str | None = N
 
         return run
     loop = generate_reference if sampler == "reference" else generate
-    # "cached-linear": the cached sampler with split-K matmuls off, to measure what split-K adds.
-    split_k = loaded.split_k and sampler != "cached-linear"
+    # "cached-linear": the cached sampler with split matmuls off, to measure what splitting adds.
+    split = loaded.split and sampler != "cached-linear"
 
     def run() -> Round:
-        loaded.model.set_split_k(split_k)
+        loaded.model.set_split(split)
         try:
             out = loop(loaded.model, prompts, cfg, generator=make_generator(seed, loaded.device))
         finally:
-            loaded.model.set_split_k(loaded.split_k)
+            loaded.model.set_split(loaded.split)
         if out.steps != case.new_tokens:
             raise RuntimeError(f"{sampler} produced {out.steps} tokens, expected {case.new_tokens}")
         return Round(prefill_s=out.prefill_s, decode_s=out.decode_s, new_tokens=out.steps, batch_size=out.batch_size)
@@ -94,10 +94,10 @@ def make_runner(entry: _Entry, case: Case, *, seed: int, sampler: str | None = N
     return run
 
 
-def split_k_active(entry: _Entry) -> bool:
-    """Whether our samplers run split-K matmuls here: enabled for the model, and a second thread
+def split_active(entry: _Entry) -> bool:
+    """Whether our samplers run split matmuls here: enabled for the model, and a second thread
     to split over (the gate and smoke profiles pin one thread)."""
-    return entry.loaded.split_k and torch.get_num_threads() > 1
+    return entry.loaded.split and torch.get_num_threads() > 1
 
 
 def case_metrics(state: BenchState, entry: _Entry, case: Case, rounds: list[Round], *, peak_bytes: int) -> dict[str, object]:
@@ -124,7 +124,7 @@ def case_metrics(state: BenchState, entry: _Entry, case: Case, rounds: list[Roun
         "temperature": TEMPERATURE,
         "top_k": TOP_K,
         "weight_layout": loaded.layout,
-        "split_k": split_k_active(entry) and case.sampler not in ("hf", "cached-linear"),
+        "split": split_active(entry) and case.sampler not in ("hf", "cached-linear"),
         "hf_weight_layout": hf_weight_layout(entry.hf) if case.sampler == "hf" and entry.hf is not None else None,
         "rounds": len(rounds),
         "prefill_s": statistics.median(r.prefill_s for r in rounds),
@@ -181,7 +181,7 @@ def test_sampler_ratios(benchmark, bench_env: BenchState, bench_case: Case) -> N
     if not entry.logits_finite:
         pytest.fail(f"{bench_case.dtype} logits of {entry.key[0]} on {bench_case.device} contain NaN/inf")
     samplers = ["reference", "cached", "hf"]
-    if split_k_active(entry):
+    if split_active(entry):
         samplers.append("cached-linear")
     runners = {s: make_runner(entry, bench_case, seed=bench_env.seed, sampler=s) for s in samplers}
     done: dict[str, list[Round]] = {s: [] for s in runners}
@@ -214,7 +214,7 @@ def test_sampler_ratios(benchmark, bench_env: BenchState, bench_case: Case) -> N
         "ours_vs_hf_tokens_per_s": statistics.median(c.tokens_per_s / h.tokens_per_s for _, c, h in per_round),
     }
     if "cached-linear" in timed:
-        metrics["ratios"]["split_k_vs_linear_decode"] = statistics.median(
+        metrics["ratios"]["split_vs_linear_decode"] = statistics.median(
             c.decode_tokens_per_s / n.decode_tokens_per_s for c, n in zip(timed["cached"], timed["cached-linear"])
         )
     metrics["hf_weight_layout"] = hf_weight_layout(entry.hf)

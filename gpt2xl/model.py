@@ -33,25 +33,42 @@ def storage_layout(layout: WeightLayout, *, in_features: int, out_features: int)
     return layout
 
 
-SPLIT_K_MAX_ROWS = 32  # measured: split-K beats F.linear up to 32 rows on the CPUs here (README)
+SPLIT_MAX_ROWS = 32  # measured: split matmuls beat F.linear up to 32 rows on the CPUs here (README)
 
 
-def split_k_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, splits: int) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` computed as ``splits`` partial products over slices of the
-    input dimension, run as one batched matmul and summed.
+def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, splits: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` as one batched matmul over ``splits`` contiguous row blocks
+    of the weight's storage, so that each of ``splits`` threads streams its own block.
 
     Why: for a few rows (a decode step) PyTorch's CPU fp32 matmul runs MKL's matrix-vector kernel
     on one thread, which streams weights at ~60% of what the machine's memory allows; a batched
-    matmul is spread over threads, one slice each. The slices are views of ``weight`` in either
-    storage layout (no copy). The result differs from ``F.linear`` only in summation order (fp32
-    rounding, ~1e-7 relative). ``weight.shape[1]`` must be divisible by ``splits``.
+    matmul is spread over threads, one matrix each. The blocks are views (no copy):
+
+    - ``[out, in]`` storage (``nn.Linear``): blocks of output rows. When ``out`` is not divisible
+      (the 50257-word ``lm_head``), equal blocks overlap by a few rows; each output is kept once.
+    - ``[in, out]`` storage (GPT-2's ``Conv1D``): blocks of input rows (split-K), whose partial
+      products are summed; needs ``in % splits == 0``.
+
+    Results differ from ``F.linear`` only by fp32 rounding (summation order). Any other storage,
+    or an indivisible split-K, falls back to ``F.linear``.
     """
     out_features, in_features = weight.shape
     lead = x.shape[:-1]
     rows = x.reshape(-1, in_features)  # (R, in)
-    xk = rows.view(rows.shape[0], splits, in_features // splits).transpose(0, 1)  # (S, R, in/S)
-    wk = weight.t().unflatten(0, (splits, in_features // splits))  # (S, in/S, out), a view
-    y = torch.bmm(xk, wk).sum(0)  # (R, out)
+    R = rows.shape[0]
+    if weight.is_contiguous() and splits <= out_features:
+        block = -(-out_features // splits)
+        step = (out_features - block) // (splits - 1)
+        block = out_features - step * (splits - 1)  # the last block ends exactly at out_features
+        wn = weight.as_strided((splits, block, in_features), (step * in_features, in_features, 1), weight.storage_offset())
+        y = torch.bmm(rows.expand(splits, R, in_features), wn.transpose(1, 2))  # (S, R, block)
+        y = torch.cat([*(y[i, :, :step] for i in range(splits - 1)), y[-1]], dim=1)  # (R, out)
+    elif weight.t().is_contiguous() and in_features % splits == 0:
+        xk = rows.view(R, splits, in_features // splits).transpose(0, 1)  # (S, R, in/S)
+        wk = weight.t().unflatten(0, (splits, in_features // splits))  # (S, in/S, out)
+        y = torch.bmm(xk, wk).sum(0)  # (R, out)
+    else:
+        return F.linear(x, weight, bias)
     if bias is not None:
         y = y.add_(bias)
     return y.view(*lead, out_features)
@@ -59,20 +76,20 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 class Projection(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) whose decode-sized matmuls can take the
-    split-K path (:func:`split_k_linear`) over as many slices as torch has threads.
+    split path (:func:`split_linear`) over as many blocks as torch has threads.
 
-    ``split_k`` is off by default; :meth:`GPT.set_split_k` turns it on where it measures faster
-    (CPU fp32). It applies only to inputs of at most ``SPLIT_K_MAX_ROWS`` rows, with more than one
-    thread, and when the input width divides evenly; anything else runs ``F.linear``.
+    ``split`` is off by default; :meth:`GPT.set_split` turns it on where it measures faster
+    (CPU fp32). It applies only to inputs of at most ``SPLIT_MAX_ROWS`` rows and with more than
+    one thread; anything else runs ``F.linear``.
     """
 
-    split_k: bool = False
+    split: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.split_k and x.numel() <= SPLIT_K_MAX_ROWS * self.in_features:
+        if self.split and x.numel() <= SPLIT_MAX_ROWS * self.in_features:
             splits = torch.get_num_threads()
-            if splits > 1 and self.in_features % splits == 0:
-                return split_k_linear(x, self.weight, self.bias, splits=splits)
+            if splits > 1:
+                return split_linear(x, self.weight, self.bias, splits=splits)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -254,14 +271,14 @@ class GPT(nn.Module):
         """Every matmul with weights: the block projections and the (tied) ``lm_head``."""
         return [*self.linear_layers(), self.lm_head]
 
-    def set_split_k(self, enabled: bool) -> None:
-        """Route decode-sized matmuls through :func:`split_k_linear` (or back to ``F.linear``).
-        Logits change only by fp32 summation order; see ``preferred_split_k`` for when it pays."""
+    def set_split(self, enabled: bool) -> None:
+        """Route decode-sized matmuls through :func:`split_linear` (or back to ``F.linear``).
+        Logits change only by fp32 summation order; see ``preferred_split`` for when it pays."""
         for proj in self.projections():
-            proj.split_k = enabled
+            proj.split = enabled
 
-    def split_k_enabled(self) -> bool:
-        return all(proj.split_k for proj in self.projections())
+    def split_enabled(self) -> bool:
+        return all(proj.split for proj in self.projections())
 
     def linear_layers(self) -> list[Projection]:
         """The four GPT-2 ``Conv1D`` projections of every block (not the tied lm_head)."""
@@ -305,9 +322,9 @@ def preferred_weight_layout(device: torch.device, dtype: torch.dtype) -> WeightL
     return "mixed" if device.type == "cpu" and dtype == torch.float32 else "out_in"
 
 
-def preferred_split_k(device: torch.device, dtype: torch.dtype) -> bool:
-    """Split-K decode matmuls for fp32 on CPU, where they stream weights ~1.4x faster over two
-    threads (README, "Split-K decode"); not for bf16/fp16 on CPU (oneDNN already threads them,
+def preferred_split(device: torch.device, dtype: torch.dtype) -> bool:
+    """Split decode matmuls for fp32 on CPU, where they stream weights ~1.4x faster over two
+    threads (README, "Split matmuls"); not for bf16/fp16 on CPU (oneDNN already threads them,
     and batched bf16 matmuls measured 2-3x slower) nor on CUDA (cuBLAS fills the GPU)."""
     return device.type == "cpu" and dtype == torch.float32
 

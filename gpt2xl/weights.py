@@ -32,7 +32,7 @@ import torch
 from gpt2xl.config import GPTConfig, get_preset
 from gpt2xl.devices import check_dtype_supported, dtype_name, resolve_device, resolve_dtype
 from gpt2xl.errors import ConfigError, WeightsError
-from gpt2xl.model import GPT, WeightLayout, init_random_, preferred_split_k, preferred_weight_layout, storage_layout
+from gpt2xl.model import GPT, WeightLayout, init_random_, preferred_split, preferred_weight_layout, storage_layout
 
 HUB_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -96,7 +96,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     layout: WeightLayout = field(default="out_in")
-    split_k: bool = False
+    split: bool = False
 
     @property
     def config(self) -> GPTConfig:
@@ -109,7 +109,7 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": dtype_name(self.dtype),
             "weight_layout": self.layout,
-            "split_k": self.split_k,
+            "split": self.split,
             "num_parameters": self.config.num_parameters(),
             "weight_bytes": self.model.weight_bytes(),
         }
@@ -122,7 +122,7 @@ def load_model(
     dtype: str = "fp32",
     seed: int = 0,
     layout: WeightLayout | Literal["auto"] = "auto",
-    split_k: bool | Literal["auto"] = "auto",
+    split: bool | Literal["auto"] = "auto",
 ) -> LoadedModel:
     """Resolve ``spec`` (see module docstring) into a ready model.
 
@@ -136,10 +136,10 @@ def load_model(
         layout = preferred_weight_layout(torch_device, torch_dtype)
     elif layout not in ("out_in", "in_out", "mixed"):
         raise ConfigError(f"Unknown weight layout {layout!r}; use auto, out_in, in_out or mixed.")
-    if split_k == "auto":
-        split_k = preferred_split_k(torch_device, torch_dtype)
-    elif not isinstance(split_k, bool):
-        raise ConfigError(f"split_k must be True, False or 'auto', got {split_k!r}.")
+    if split == "auto":
+        split = preferred_split(torch_device, torch_dtype)
+    elif not isinstance(split, bool):
+        raise ConfigError(f"split must be True, False or 'auto', got {split!r}.")
 
     if spec.startswith(RANDOM_PREFIX):
         config = get_preset(spec.removeprefix(RANDOM_PREFIX))
@@ -163,9 +163,9 @@ def load_model(
         model, files = _load_hf_directory(directory, torch_device, torch_dtype, layout)
         source = WeightsSource(kind=kind, spec=spec, files=tuple(str(f) for f in files))
     model.eval().requires_grad_(False)
-    model.set_split_k(split_k)
+    model.set_split(split)
     return LoadedModel(
-        model=model, source=source, device=torch_device, dtype=torch_dtype, layout=layout, split_k=split_k
+        model=model, source=source, device=torch_device, dtype=torch_dtype, layout=layout, split=split
     )
 
 

@@ -20,7 +20,7 @@ SAMPLER_ORDER = ("reference", "cached", "cached-linear", "hf")
 SAMPLER_NAMES = {
     "reference": "reference (no cache)",
     "cached": "ours (KV cache)",
-    "cached-linear": "ours, split-K off",
+    "cached-linear": "ours, split matmuls off",
     "hf": "HF generate",
 }
 ROOFLINE_TARGET = 0.70  # issue #3: fp32 gpt2-xl batch-1 decode at >= 70% of measured bandwidth
@@ -89,8 +89,8 @@ def _table(cases: list[dict[str, Any]]) -> list[str]:
         layout = c.get("weight_layout", "?")
         if c.get("sampler") == "hf" and c.get("hf_weight_layout"):
             layout = f"HF {c['hf_weight_layout']}"
-        elif c.get("split_k"):
-            layout = f"{layout} split-K"
+        elif c.get("split"):
+            layout = f"{layout} split"
         lines.append(
             f"| {SAMPLER_NAMES.get(c['sampler'], c['sampler'])} | {c.get('model')} | {c['device']} | {c['dtype']} "
             f"| {c['batch_size']} | {c['prompt_len']} | {c['new_tokens']} | {c['prefill_s'] * 1000:.0f} "
@@ -141,10 +141,10 @@ def _targets(
                      f"{c['roofline_fraction']:.0%} of the start probe in the table") if basis else "the start probe"
             lines.append(f"- CPU batch 1 {model} fp32, {n} new: ours at **{f:.0%}** of the read-bandwidth roofline "
                          f"({where}) (target ≥ {ROOFLINE_TARGET:.0%}: {'met' if f >= ROOFLINE_TARGET else 'NOT met'})")
-        if "cached" in s and "cached-linear" in s and s["cached"].get("split_k"):
+        if "cached" in s and "cached-linear" in s and s["cached"].get("split"):
             r = s["cached"]["decode_tokens_per_s"] / s["cached-linear"]["decode_tokens_per_s"]
-            lines.append(f"- CPU batch 1 {model} {dtype}, {n} new: split-K matmuls vs plain `F.linear` decode = "
-                         f"**{r:.2f}×** (same run; what the split-K path adds)")
+            lines.append(f"- CPU batch 1 {model} {dtype}, {n} new: split matmuls vs plain `F.linear` decode = "
+                         f"**{r:.2f}×** (same run; what the split path adds)")
     per_sampler: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for c in scaling:
         if c.get("decode_s_per_token"):

@@ -100,7 +100,7 @@ def ratio_metrics(doc: dict[str, Any]) -> dict[str, float]:
     - From separate throughput cases of the same model/device/dtype/batch/prompt:
       ``ours_vs_hf_decode`` (cached vs hf at equal new tokens) and
       ``cached_vs_reference_decode`` (the reference may run fewer tokens; its n is in the key),
-      ``split_k_vs_linear_decode`` (cached vs cached-linear: what split-K matmuls add).
+      ``split_vs_linear_decode`` (cached vs cached-linear: what split matmuls add).
     """
     out: dict[str, float] = {}
     groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -119,7 +119,7 @@ def ratio_metrics(doc: dict[str, Any]) -> dict[str, float]:
                     out[f"{key}-n{n}:ours_vs_hf_decode"] = cached["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
             for linear in by_sampler.get("cached-linear", []):
                 if linear["new_tokens"] == n:
-                    out[f"{key}-n{n}:split_k_vs_linear_decode"] = (
+                    out[f"{key}-n{n}:split_vs_linear_decode"] = (
                         cached["decode_tokens_per_s"] / linear["decode_tokens_per_s"]
                     )
             for ref in by_sampler.get("reference", []):

@@ -35,7 +35,7 @@ def test_smoke_run_writes_json_markdown_and_plots(smoke_run) -> None:
     doc = json.loads((run_dir / "bench.json").read_text())
     infos = [b["extra_info"] for b in doc["benchmarks"]]
     assert {i["sampler"] for i in infos} == {"reference", "cached", "cached-linear", "hf"}
-    assert not any(i["split_k"] for i in infos)  # smoke pins one thread: nothing to split over
+    assert not any(i["split"] for i in infos)  # smoke pins one thread: nothing to split over
     assert {i["kind"] for i in infos} == {"throughput", "scaling", "ratios"}
     for info in infos:
         for key in METRICS:

@@ -87,9 +87,9 @@ def test_ratio_metrics_from_separate_cases() -> None:
     ratios = ratio_metrics(OLD)
     assert ratios["random:gpt2-cpu-fp32-b1-p16-n32:ours_vs_hf_decode"] == pytest.approx(40 / 36)
     assert ratios["random:gpt2-cpu-fp32-b1-p16-n32-ref8:cached_vs_reference_decode"] == pytest.approx(4.0)
-    assert not any("split_k" in name for name in ratios)  # no cached-linear case in OLD
+    assert not any("split" in name for name in ratios)  # no cached-linear case in OLD
     with_linear = ratio_metrics(_doc(_case("cached", 40.0), _case("cached-linear", 32.0), _case("cached-linear", 9.0, new_tokens=64)))
-    assert with_linear == {"random:gpt2-cpu-fp32-b1-p16-n32:split_k_vs_linear_decode": pytest.approx(1.25)}
+    assert with_linear == {"random:gpt2-cpu-fp32-b1-p16-n32:split_vs_linear_decode": pytest.approx(1.25)}
 
 
 def test_ratio_mode_and_floor() -> None:

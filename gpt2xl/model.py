@@ -79,14 +79,15 @@ class Projection(nn.Linear):
     split path (:func:`split_linear`) over as many blocks as torch has threads.
 
     ``split`` is off by default; :meth:`GPT.set_split` turns it on where it measures faster
-    (CPU fp32). It applies only to inputs of at most ``SPLIT_MAX_ROWS`` rows and with more than
-    one thread; anything else runs ``F.linear``.
+    (CPU fp32). It applies only to inputs of at most ``SPLIT_MAX_ROWS`` rows, with more than one
+    thread, and outside ``torch.compile``; anything else runs ``F.linear``.
     """
 
     split: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.split and x.numel() <= SPLIT_MAX_ROWS * self.in_features:
+        # Under torch.compile the compiler picks its own matmul kernels (and cannot trace the thread count).
+        if self.split and x.numel() <= SPLIT_MAX_ROWS * self.in_features and not torch.compiler.is_compiling():
             splits = torch.get_num_threads()
             if splits > 1:
                 return split_linear(x, self.weight, self.bias, splits=splits)
@@ -100,6 +101,11 @@ class KVCache:
     ``k``/``v`` are ``(n_layer, B, n_head, max_len, head_size)``. Layer ``i`` writes positions
     ``[start, start + T)`` and attends to ``[0, start + T)``: only the filled prefix is read, so a
     decode step costs what the sequence so far costs, not what ``max_len`` costs.
+
+    With ``start`` given as a tensor (static mode, for CUDA graphs / ``torch.compile``), shapes
+    never depend on the position: the write is an ``index_copy_`` and attention reads all
+    ``max_len`` positions under a mask the caller supplies. Such a cache must be created
+    ``zeroed``: masked-out garbage would still reach the output as ``0 * NaN``.
     """
 
     k: torch.Tensor
@@ -107,22 +113,36 @@ class KVCache:
 
     @classmethod
     def empty(
-        cls, config: GPTConfig, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+        cls,
+        config: GPTConfig,
+        *,
+        batch_size: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        zeroed: bool = False,
     ) -> "KVCache":
         if not 0 < max_len <= config.block_size:
             raise ValueError(f"KV cache length must be in [1, {config.block_size}], got {max_len}")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
-        return cls(k=torch.empty(shape, device=device, dtype=dtype), v=torch.empty(shape, device=device, dtype=dtype))
+        alloc = torch.zeros if zeroed else torch.empty
+        return cls(k=alloc(shape, device=device, dtype=dtype), v=alloc(shape, device=device, dtype=dtype))
 
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
 
     def update(
-        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+        self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k``/``v`` (B, nh, T, hs) at ``[start, start+T)``; return the keys and values of
-        ``[0, start+T)`` as views (B, nh, start+T, hs)."""
+        ``[0, start+T)`` as views (B, nh, start+T, hs), or, when ``start`` is a (1,) tensor (static
+        mode), all ``max_len`` positions (B, nh, max_len, hs)."""
+        if isinstance(start, torch.Tensor):
+            where = start + torch.arange(k.shape[2], device=start.device)  # (T,)
+            self.k[layer].index_copy_(2, where, k)
+            self.v[layer].index_copy_(2, where, v)
+            return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
@@ -145,7 +165,7 @@ class CausalSelfAttention(nn.Module):
         *,
         layer: int,
         cache: KVCache | None,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -196,7 +216,7 @@ class Block(nn.Module):
         *,
         layer: int,
         cache: KVCache | None,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), layer=layer, cache=cache, start_pos=start_pos, attn_mask=attn_mask)
@@ -229,7 +249,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         *,
         cache: KVCache | None = None,
-        start_pos: int = 0,
+        start_pos: int | torch.Tensor = 0,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         last_only: bool = False,
@@ -241,14 +261,20 @@ class GPT(nn.Module):
         - ``positions`` (B, T): explicit position ids, for left-padded batches whose rows start at
           different offsets; defaults to ``start_pos + arange(T)`` for every row.
         - ``attn_mask`` (B, 1, T, S), bool, True = may attend: needed only with padding.
+        - static mode (``start_pos`` a (1,) long tensor, for CUDA graphs): shapes do not depend on
+          the position; ``positions`` and an ``attn_mask`` over all ``cache.max_len`` keys are
+          required, and the context bound is the caller's to keep (see ``static_decode``).
         - ``last_only``: return logits of the last position only, (B, 1, V): a prefill that only
           samples the next token need not pay for T x vocab logits.
         Returns (B, T, V) logits, or (B, 1, V) with ``last_only``.
         """
         B, T = idx.shape
-        if cache is None and start_pos != 0:
+        if isinstance(start_pos, torch.Tensor):
+            if cache is None or positions is None or attn_mask is None:
+                raise ValueError("static mode (a tensor start_pos) needs a cache, positions and attn_mask")
+        elif cache is None and start_pos != 0:
             raise ValueError("start_pos is only meaningful with a KV cache")
-        if start_pos + T > self.config.block_size:
+        elif start_pos + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {start_pos + T} tokens exceeds the context of {self.config.block_size}; crop it first"
             )
@@ -262,10 +288,12 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
 
-    def new_cache(self, *, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for this model's shape, device and dtype."""
+    def new_cache(self, *, batch_size: int, max_len: int, zeroed: bool = False) -> KVCache:
+        """An empty KV cache for this model's shape, device and dtype (``zeroed`` for static mode)."""
         ref = self.transformer.wte.weight
-        return KVCache.empty(self.config, batch_size=batch_size, max_len=max_len, device=ref.device, dtype=ref.dtype)
+        return KVCache.empty(
+            self.config, batch_size=batch_size, max_len=max_len, device=ref.device, dtype=ref.dtype, zeroed=zeroed
+        )
 
     def projections(self) -> list[Projection]:
         """Every matmul with weights: the block projections and the (tied) ``lm_head``."""

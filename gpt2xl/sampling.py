@@ -26,6 +26,7 @@ from gpt2xl.config import EOT_TOKEN_ID
 from gpt2xl.devices import synchronize
 from gpt2xl.errors import ConfigError
 from gpt2xl.model import GPT, KVCache
+from gpt2xl.static_decode import StaticDecoder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +213,7 @@ def generate(
     cfg: SamplingConfig,
     *,
     generator: torch.Generator | None = None,
+    static: StaticDecoder | None = None,
 ) -> GenerationOutput:
     """KV-cached sampling for a batch of prompts of any lengths (left-padded internally).
 
@@ -219,6 +221,10 @@ def generate(
     Once a row's sequence would exceed the context, the cache cannot shift positions, so from
     then on each step re-runs the last ``block_size`` tokens, exactly as the reference loop does:
     outputs are identical to ``generate_reference`` for the same generator state.
+
+    ``static``: decode through a :class:`~gpt2xl.static_decode.StaticDecoder` (fixed shapes, for
+    CUDA graphs) built for this batch size and at least ``prompt + max_new_tokens - 1`` slots of
+    cache (``static_cache_len``); the tokens are the same as without it.
     """
     block_size = model.config.block_size
     cropped = _crop(prompts, block_size, cfg.eot_id)
@@ -232,7 +238,16 @@ def generate(
         return _finish(new, cropped, cfg, 0.0, 0.0)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     cache_len = min(T + cfg.max_new_tokens - 1, block_size)  # the last sampled token is never fed back
-    cache: KVCache | None = model.new_cache(batch_size=B, max_len=cache_len)
+    if static is None:
+        cache: KVCache | None = model.new_cache(batch_size=B, max_len=cache_len)
+    elif static.model is not model or static.batch_size != B or static.max_len < cache_len:
+        raise ConfigError(
+            f"This StaticDecoder holds {static.batch_size} rows x {static.max_len} slots for another or the same "
+            f"model; this call needs this model, {B} rows and {cache_len} slots."
+        )
+    else:
+        cache = static.cache
+        static_pos = torch.full((1,), T, dtype=torch.long, device=device)  # (1,): tracks pos below
     padded = bool(pad.any())
     key_ok = torch.arange(cache_len, device=device)[None, :] >= pad[:, None]  # (B, S) used when padded
 
@@ -255,7 +270,10 @@ def generate(
         if step == cfg.max_new_tokens or (cfg.stop_at_eot and bool(finished.all())):
             break
         pos = T + step - 1  # column of next_id in the padded sequence
-        if cache is not None and pos < block_size:
+        if cache is not None and pos < block_size and static is not None:
+            logits = static.step(next_id[:, None], static_pos, pad)  # (B, V)
+            static_pos += 1
+        elif cache is not None and pos < block_size:
             step_positions = (pos - pad)[:, None] if padded else None  # (B, 1)
             step_mask = key_ok[:, None, None, : pos + 1] if padded else None  # (B, 1, 1, pos+1)
             logits = model(

@@ -1,7 +1,9 @@
-"""Throughput of the three samplers: tokens/sec, prefill latency, memory, bandwidth, roofline.
+"""Throughput of the samplers: tokens/sec, prefill latency, memory, bandwidth, roofline.
 
-Samplers: ``reference`` (textbook loop, no KV cache), ``cached`` (our KV-cached ``generate``)
-and ``hf`` (``transformers`` ``generate`` on the same weights: the outside baseline). Every run
+Samplers: ``reference`` (textbook loop, no KV cache), ``cached`` (our KV-cached ``generate``),
+``cached-linear`` (the same with split matmuls off), ``compiled`` (static cache + compiled step,
+CUDA graphs; CUDA only) and ``hf`` (``transformers`` ``generate`` on the same weights: the
+outside baseline). Every run
 has a fixed length (end-of-text off / ``min_new_tokens``), top-k 40, temperature 0.8.
 
 Every case stores its metrics in ``benchmark.extra_info`` (see :func:`case_metrics`); the
@@ -30,6 +32,7 @@ from gpt2xl.sampling import (
     make_generator,
     tokens_per_s,
 )
+from gpt2xl.static_decode import StaticDecoder, static_cache_len
 
 TEMPERATURE = 0.8
 TOP_K = 40
@@ -80,11 +83,17 @@ def make_runner(entry: _Entry, case: Case, *, seed: int, sampler: str | None = N
     loop = generate_reference if sampler == "reference" else generate
     # "cached-linear": the cached sampler with split matmuls off, to measure what splitting adds.
     split = loaded.split and sampler != "cached-linear"
+    static = None
+    if sampler == "compiled":  # one decoder for every round: compiling and graph capture happen once
+        mode = "reduce-overhead" if loaded.device.type == "cuda" else "default"
+        max_len = static_cache_len(case.prompt_len + case.new_tokens - 1, loaded.config.block_size)
+        static = StaticDecoder(loaded.model, batch_size=case.batch_size, max_len=max_len, compile=mode)
+    options = {"static": static} if static is not None else {}
 
     def run() -> Round:
         loaded.model.set_split(split)
         try:
-            out = loop(loaded.model, prompts, cfg, generator=make_generator(seed, loaded.device))
+            out = loop(loaded.model, prompts, cfg, generator=make_generator(seed, loaded.device), **options)
         finally:
             loaded.model.set_split(loaded.split)
         if out.steps != case.new_tokens:
@@ -153,6 +162,9 @@ def measure_case(
     entry = state.model_for(case)
     if not entry.logits_finite:
         pytest.fail(f"{case.dtype} logits of {entry.key[0]} on {case.device} contain NaN/inf")
+    if case.sampler == "cached-linear" and not split_active(entry):
+        pytest.skip(f"split matmuls are off for {case.device} {case.dtype} with {torch.get_num_threads()} thread(s): "
+                    "cached-linear would repeat the cached case")
     run = make_runner(entry, case, seed=state.seed)
     done: list[Round] = []
     benchmark.group = f"{entry.key[0]} {case.device} {case.dtype}"
@@ -183,6 +195,8 @@ def test_sampler_ratios(benchmark, bench_env: BenchState, bench_case: Case) -> N
     samplers = ["reference", "cached", "hf"]
     if split_active(entry):
         samplers.append("cached-linear")
+    if bench_case.device == "cuda":
+        samplers.append("compiled")
     runners = {s: make_runner(entry, bench_case, seed=bench_env.seed, sampler=s) for s in samplers}
     done: dict[str, list[Round]] = {s: [] for s in runners}
 
@@ -216,6 +230,10 @@ def test_sampler_ratios(benchmark, bench_env: BenchState, bench_case: Case) -> N
     if "cached-linear" in timed:
         metrics["ratios"]["split_vs_linear_decode"] = statistics.median(
             c.decode_tokens_per_s / n.decode_tokens_per_s for c, n in zip(timed["cached"], timed["cached-linear"])
+        )
+    if "compiled" in timed:
+        metrics["ratios"]["compiled_vs_hf_decode"] = statistics.median(
+            c.decode_tokens_per_s / h.decode_tokens_per_s for c, h in zip(timed["compiled"], timed["hf"])
         )
     metrics["hf_weight_layout"] = hf_weight_layout(entry.hf)
     benchmark.extra_info.update(metrics)

@@ -16,14 +16,17 @@ from gpt2xl_app.compare import load_bench, ratio_metrics
 
 TOKENS_PLOT = "bench_tokens_per_s.png"
 SCALING_PLOT = "bench_decode_scaling.png"
-SAMPLER_ORDER = ("reference", "cached", "cached-linear", "hf")
+SAMPLER_ORDER = ("reference", "cached", "cached-linear", "compiled", "hf")
 SAMPLER_NAMES = {
     "reference": "reference (no cache)",
     "cached": "ours (KV cache)",
     "cached-linear": "ours, split matmuls off",
+    "compiled": "ours, static cache + compiled step",
     "hf": "HF generate",
 }
 ROOFLINE_TARGET = 0.70  # issue #3: fp32 gpt2-xl batch-1 decode at >= 70% of measured bandwidth
+CUDA_ROOFLINE_TARGET = 0.50  # issue #3: fp16/bf16 batch-1 decode at >= 50% of measured HBM bandwidth
+CUDA_VS_HF_TARGET = 3.0  # issue #3: CUDA-graph decode >= 3x HF generate
 
 
 def _cases(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -145,6 +148,7 @@ def _targets(
             r = s["cached"]["decode_tokens_per_s"] / s["cached-linear"]["decode_tokens_per_s"]
             lines.append(f"- CPU batch 1 {model} {dtype}, {n} new: split matmuls vs plain `F.linear` decode = "
                          f"**{r:.2f}×** (same run; what the split path adds)")
+    lines += _cuda_targets(throughput, g)
     per_sampler: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for c in scaling:
         if c.get("decode_s_per_token"):
@@ -154,6 +158,30 @@ def _targets(
         (n0, t0), (n1, t1) = points[0], points[-1]
         lines.append(f"- Per-token decode cost, {SAMPLER_NAMES.get(sampler, sampler)}: {t0 * 1000:.1f} ms at {n0} new → "
                      f"{t1 * 1000:.1f} ms at {n1} new (**{t1 / t0:.2f}×**; flat ≈ 1×, the reference's grows with length)")
+    return lines
+
+
+def _cuda_targets(throughput: list[dict[str, Any]], g: dict[str, Any]) -> list[str]:
+    """The CUDA half of issue #3's targets: compiled (CUDA-graph) decode vs HF and vs HBM bandwidth."""
+    lines = []
+    by_key: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for c in throughput:
+        if c["batch_size"] == 1 and c["device"] == "cuda":
+            by_key[(c.get("model"), c.get("device_name"), c["dtype"], c["new_tokens"])][c["sampler"]] = c
+    for (model, gpu, dtype, n), s in sorted(by_key.items()):
+        compiled = s.get("compiled")
+        if compiled is None:
+            continue
+        if "hf" in s:
+            r = compiled["decode_tokens_per_s"] / s["hf"]["decode_tokens_per_s"]
+            lines.append(f"- CUDA ({gpu}) batch 1 {model} {dtype}, {n} new: compiled decode vs HF `generate` = "
+                         f"**{r:.2f}×** (target ≥ {CUDA_VS_HF_TARGET:.0f}×: {'met' if r >= CUDA_VS_HF_TARGET else 'NOT met'})")
+        basis = _read_bandwidth_basis(g, "cuda") or compiled.get("bandwidth_bytes_per_s")
+        if basis and compiled.get("achieved_bytes_per_s"):
+            f = compiled["achieved_bytes_per_s"] / basis
+            lines.append(f"- CUDA ({gpu}) batch 1 {model} {dtype}, {n} new: compiled decode at **{f:.0%}** of the "
+                         f"HBM read roofline ({basis / 1e9:.0f} GB/s measured) (target ≥ {CUDA_ROOFLINE_TARGET:.0%}: "
+                         f"{'met' if f >= CUDA_ROOFLINE_TARGET else 'NOT met'})")
     return lines
 
 

@@ -34,8 +34,10 @@ def test_smoke_run_writes_json_markdown_and_plots(smoke_run) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((run_dir / "bench.json").read_text())
     infos = [b["extra_info"] for b in doc["benchmarks"]]
-    assert {i["sampler"] for i in infos} == {"reference", "cached", "cached-linear", "hf"}
-    assert not any(i["split"] for i in infos)  # smoke pins one thread: nothing to split over
+    # smoke pins one thread: nothing to split over, so cached-linear is skipped and split is off
+    assert {i["sampler"] for i in infos} == {"reference", "cached", "hf"}
+    assert not any(i["split"] for i in infos)
+    assert "cached-linear would repeat the cached case" in proc.stdout
     assert {i["kind"] for i in infos} == {"throughput", "scaling", "ratios"}
     for info in infos:
         for key in METRICS:
@@ -92,6 +94,27 @@ def test_render_from_a_minimal_document(tmp_path: Path) -> None:
     assert "pretrained gpt2-xl" in md and "**RANDOM" not in md
     assert "47%" in md and "NOT met" in md  # the 70% roofline target, reported
     assert (tmp_path / "bench_tokens_per_s.png").is_file()
+
+
+def test_cuda_targets_are_reported_from_compiled_and_hf_cases(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    base = {
+        "kind": "throughput", "model": "gpt2-xl", "weights_label": "x", "weights_random": True, "device": "cuda",
+        "device_name": "NVIDIA H100", "dtype": "fp16", "batch_size": 1, "prompt_len": 16, "new_tokens": 32,
+        "prefill_s": 0.02, "tokens_per_s": 1.0, "weight_bytes": 3.2e9, "roofline_fraction": 0.1,
+    }
+    compiled = {**base, "sampler": "compiled", "decode_tokens_per_s": 400.0, "achieved_bytes_per_s": 1.28e12}
+    hf = {**base, "sampler": "hf", "decode_tokens_per_s": 50.0, "achieved_bytes_per_s": 1.6e11}
+    doc = {
+        "machine_info": {"gpt2xl": {"bandwidth": {"cuda": {
+            "read_bytes_per_s": 3.2e12, "copy_bytes_per_s": 2.8e12, "read_method": "sum", "copy_method": "copy",
+            "repeats": 5}}}},
+        "benchmarks": [{"name": "c", "extra_info": compiled}, {"name": "h", "extra_info": hf}],
+    }
+    md = render_bench_section(doc, tmp_path)
+    assert "compiled decode vs HF `generate` = **8.00×** (target ≥ 3×: met)" in md  # 400 / 50
+    assert "**40%** of the HBM read roofline (3200 GB/s measured) (target ≥ 50%: NOT met)" in md  # 1.28 / 3.2
 
 
 def test_write_bench_report_without_json_is_a_result_error(tmp_path: Path) -> None:

@@ -12,6 +12,9 @@ then *assigned* our tensors, shared wherever the storage already matches:
   ``GPT2LMHeadModel.from_pretrained`` would hold. Handing HF transposed views of OUR layout
   instead would credit our layout choice to the baseline. ``native=False`` does that, for
   studying layouts. The layout HF ran with is recorded in every case (``hf_weight_layout``).
+
+HF's ``Conv1D`` runs its own ``addmm``; our split decode matmuls (``model.split_linear``) are
+our kernels and are never lent to it.
 """
 
 from __future__ import annotations

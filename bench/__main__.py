@@ -7,7 +7,7 @@ show progress. Exit status: pytest's (0 when every case passed or was skipped wi
 
 Examples::
 
-    python -m bench --run-dir reports/mine                        # quick profile, ~6 min on 2 cores
+    python -m bench --run-dir reports/mine                        # quick profile, ~5 min on 2 cores
     python -m bench --run-dir reports/x --profile full --dtype fp32,bf16
     python -m bench --run-dir reports/ci-gate --profile gate      # ratios for the CI gate
 """

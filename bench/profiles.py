@@ -8,8 +8,8 @@ are sized for a 2-core CPU box (see /work/shared/PERF.md for the speeds the budg
   hold on a noisy shared machine; under 2 minutes. What CI compares against a baseline.
 - ``quick`` (``nox -s bench`` default): gpt2-xl fp32 + bf16 (bf16 only where the CPU has native
   bf16 matmuls; emulated, it is skipped with the reason), batch 1, 16-token prompt, 32 new tokens
-  (8 for the no-cache reference, ~3x slower on XL), plus the decode-cost-vs-length sweep on gpt2;
-  about 6 minutes on a quiet 2-core machine.
+  (8 for the no-cache reference, ~3x slower on XL), our sampler again with split matmuls off,
+  plus the decode-cost-vs-length sweep on gpt2; about 5 minutes on a quiet 2-core machine.
 - ``full``: adds fp16, batch 4, 128 new tokens and a longer sweep; tens of minutes.
 
 CUDA cases are listed in every profile so that a machine without a GPU shows them as SKIPPED
@@ -162,7 +162,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick",
-        description="gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8), + sweep on gpt2: ~6 min",
+        description="gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8; also ours with split matmuls off), + sweep on gpt2: ~5 min",
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
         points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("cached-linear", 1, 16, 32), ("compiled", 1, 16, 32),

@@ -352,8 +352,9 @@ def preferred_weight_layout(device: torch.device, dtype: torch.dtype) -> WeightL
 
 def preferred_split(device: torch.device, dtype: torch.dtype) -> bool:
     """Split decode matmuls for fp32 on CPU, where they stream weights ~1.4x faster over two
-    threads (README, "Split matmuls"); not for bf16/fp16 on CPU (oneDNN already threads them,
-    and batched bf16 matmuls measured 2-3x slower) nor on CUDA (cuBLAS fills the GPU)."""
+    threads (README, "Split matmuls"); not for bf16/fp16 on CPU (oneDNN already threads them:
+    bf16 output blocks measured no faster, bf16 split-K 2-3x slower) nor on CUDA (cuBLAS
+    spreads a matrix-vector product over the whole GPU)."""
     return device.type == "cpu" and dtype == torch.float32
 
 

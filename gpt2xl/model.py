@@ -49,10 +49,12 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     - ``[in, out]`` storage (GPT-2's ``Conv1D``): blocks of input rows (split-K), whose partial
       products are summed; needs ``in % splits == 0``.
 
-    Results differ from ``F.linear`` only by fp32 rounding (summation order). Any other storage,
-    or an indivisible split-K, falls back to ``F.linear``.
+    Results differ from ``F.linear`` only by fp32 rounding (summation order). ``splits < 2``, any
+    other storage, or an indivisible split-K falls back to ``F.linear``.
     """
     out_features, in_features = weight.shape
+    if splits < 2:
+        return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     rows = x.reshape(-1, in_features)  # (R, in)
     R = rows.shape[0]

@@ -240,10 +240,12 @@ def generate(
     cache_len = min(T + cfg.max_new_tokens - 1, block_size)  # the last sampled token is never fed back
     if static is None:
         cache: KVCache | None = model.new_cache(batch_size=B, max_len=cache_len)
-    elif static.model is not model or static.batch_size != B or static.max_len < cache_len:
+    elif static.model is not model:
+        raise ConfigError("This StaticDecoder was built for another model; build one for this model.")
+    elif static.batch_size != B or static.max_len < cache_len:
         raise ConfigError(
-            f"This StaticDecoder holds {static.batch_size} rows x {static.max_len} slots for another or the same "
-            f"model; this call needs this model, {B} rows and {cache_len} slots."
+            f"This StaticDecoder holds {static.batch_size} rows x {static.max_len} cache slots; this call needs "
+            f"{B} rows and at least {cache_len} slots (size it with static_cache_len)."
         )
     else:
         cache = static.cache

@@ -70,6 +70,8 @@ def test_split_falls_back_where_it_cannot_split():
     assert torch.equal(split_linear(x, in_out, None, splits=3), F.linear(x, in_out))
     strided = torch.randn(6, 20, generator=g)[:, ::2]  # neither layout: a strided view
     assert torch.equal(split_linear(x, strided, None, splits=2), F.linear(x, strided))
+    out_in = _weight(6, 10, "out_in", g)
+    assert torch.equal(split_linear(x, out_in, None, splits=1), F.linear(x, out_in))  # nothing to split
 
 
 def test_projection_takes_split_path_only_when_it_applies(threads):

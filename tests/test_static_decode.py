@@ -54,9 +54,12 @@ def test_static_generate_gives_the_same_tokens_ragged_and_past_the_context(tiny_
         assert got.tokens == want.tokens and got.hit_eot == want.hit_eot
 
 
-def test_static_decoder_must_fit_the_call(tiny_shakespeare):
+def test_static_decoder_must_fit_the_call(tiny_shakespeare, tiny_shakespeare_dir):
     model = tiny_shakespeare.model
     cfg = SamplingConfig(max_new_tokens=20, stop_at_eot=False)
+    other = load_model(str(tiny_shakespeare_dir)).model
+    with pytest.raises(ConfigError, match="another model"):
+        generate(model, [[1, 2, 3]], cfg, static=StaticDecoder(other, batch_size=1, max_len=128))
     with pytest.raises(ConfigError, match="rows"):
         generate(model, [[1, 2, 3]], cfg, static=StaticDecoder(model, batch_size=2, max_len=128))
     with pytest.raises(ConfigError, match="slots"):

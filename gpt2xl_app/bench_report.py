@@ -118,17 +118,24 @@ def _read_bandwidth_basis(g: dict[str, Any], device: str) -> float | None:
     return max(values) if values else None
 
 
+def _batch1_groups(throughput: list[dict[str, Any]], device: str) -> list[tuple[tuple, dict[str, dict[str, Any]]]]:
+    """Batch-1 cases on ``device``, grouped by (model, hardware name, dtype, prompt, new tokens),
+    each group as {sampler: case}, in sorted order: the cases a target compares."""
+    groups: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for c in throughput:
+        if c["batch_size"] == 1 and c["device"] == device:
+            key = (c.get("model"), c.get("device_name") or "", c["dtype"], c["prompt_len"], c["new_tokens"])
+            groups[key][c["sampler"]] = c
+    return sorted(groups.items())
+
+
 def _targets(
     throughput: list[dict[str, Any]], scaling: list[dict[str, Any]], g: dict[str, Any] | None = None
 ) -> list[str]:
     """Issue #3's speed targets, stated as measured (reported, never asserted)."""
     g = g or {}
     lines = []
-    by_key: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for c in throughput:
-        if c["batch_size"] == 1 and c["device"] == "cpu":
-            by_key[(c.get("model"), c["dtype"], c["prompt_len"], c["new_tokens"])][c["sampler"]] = c
-    for (model, dtype, _p, n), s in sorted(by_key.items()):
+    for (model, _cpu, dtype, _p, n), s in _batch1_groups(throughput, "cpu"):
         if "cached" in s and "hf" in s:
             r = s["cached"]["decode_tokens_per_s"] / s["hf"]["decode_tokens_per_s"]
             verdict = "met" if r >= 1 else "NOT met"
@@ -164,11 +171,7 @@ def _targets(
 def _cuda_targets(throughput: list[dict[str, Any]], g: dict[str, Any]) -> list[str]:
     """The CUDA half of issue #3's targets: compiled (CUDA-graph) decode vs HF and vs HBM bandwidth."""
     lines = []
-    by_key: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for c in throughput:
-        if c["batch_size"] == 1 and c["device"] == "cuda":
-            by_key[(c.get("model"), c.get("device_name"), c["dtype"], c["new_tokens"])][c["sampler"]] = c
-    for (model, gpu, dtype, n), s in sorted(by_key.items()):
+    for (model, gpu, dtype, _p, n), s in _batch1_groups(throughput, "cuda"):
         compiled = s.get("compiled")
         if compiled is None:
             continue

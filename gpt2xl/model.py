@@ -11,6 +11,8 @@ The forward pass optionally reads and extends a :class:`KVCache`: prefill a prom
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,38 +20,70 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2xl import kernels
 from gpt2xl.config import GPTConfig
 
-WeightLayout = Literal["out_in", "in_out", "mixed"]
-StorageLayout = Literal["out_in", "in_out"]
+StorageLayout = Literal["out_in", "in_out"]  # nn.Linear's [out, in] or GPT-2 Conv1D's [in, out]
+Kernel = Literal["linear", "split", "native"]
+KERNELS: dict[str, str] = {  # the vocabulary of matmul kernels, read by the tuner and the reports
+    "linear": "PyTorch F.linear (MKL / oneDNN on CPU, cuBLAS on CUDA)",
+    "split": "F.linear as one batched matmul over per-thread row blocks of the weight (split_linear)",
+    "native": "gpt2xl's C++ few-row kernel, compiled on this machine (gpt2xl/kernels)",
+}
+PROJECTION_KINDS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
+DECODE_MAX_ROWS = 8  # rows (batch x new tokens) up to which a call counts as a decode step
+PREFILL_MAX_ROWS = 64  # beyond this a prefill is a real GEMM: PyTorch's blocked kernels win
 
 
-def storage_layout(layout: WeightLayout, *, in_features: int, out_features: int) -> StorageLayout:
-    """How one projection is stored under ``layout``. ``mixed`` stores expanding and square
-    projections ``[in, out]`` and contracting ones (``mlp.c_proj``) ``[out, in]``: on CPU fp32
-    batch-1 matmuls, each shape streams its weights fastest that way (README, "Weight layout")."""
-    if layout == "mixed":
-        return "in_out" if in_features <= out_features else "out_in"
-    return layout
+@dataclass(frozen=True, kw_only=True)
+class ProjectionPlan:
+    """How one kind of projection is stored and which kernel runs it, by call size.
+
+    ``decode`` runs calls of at most ``DECODE_MAX_ROWS`` rows, ``prefill`` calls of at most
+    ``PREFILL_MAX_ROWS``; larger calls always run ``linear``. ``native`` needs ``out_in`` storage.
+    """
+
+    layout: StorageLayout = "out_in"
+    decode: Kernel = "linear"
+    prefill: Kernel = "linear"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("out_in", "in_out"):
+            raise ValueError(f"unknown storage layout {self.layout!r}")
+        for kernel in (self.decode, self.prefill):
+            if kernel not in KERNELS:
+                raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
+            if kernel == "native" and self.layout != "out_in":
+                raise ValueError("the native kernel reads out_in ([out, in]) storage")
+
+    @property
+    def plain(self) -> bool:
+        return self.decode == "linear" and self.prefill == "linear"
 
 
-SPLIT_MAX_ROWS = 32  # measured: split matmuls beat F.linear up to 32 rows on the CPUs here (README)
+KernelPlan = dict[str, ProjectionPlan]  # projection kind -> plan
+PLAIN = ProjectionPlan()
+
+
+def plain_plan() -> KernelPlan:
+    """PyTorch's own kernels on ``nn.Linear`` storage: what runs with autotuning off."""
+    return {kind: PLAIN for kind in PROJECTION_KINDS}
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, splits: int) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` as one batched matmul over ``splits`` contiguous row blocks
     of the weight's storage, so that each of ``splits`` threads streams its own block.
 
-    Why: for a few rows (a decode step) PyTorch's CPU fp32 matmul runs MKL's matrix-vector kernel
-    on one thread, which streams weights at ~60% of what the machine's memory allows; a batched
-    matmul is spread over threads, one matrix each. The blocks are views (no copy):
+    Why: for a few rows (a decode step) PyTorch's CPU fp32 matmul can run MKL's matrix-vector
+    kernel on one thread; a batched matmul is spread over threads, one matrix each. The blocks
+    are views (no copy):
 
     - ``[out, in]`` storage (``nn.Linear``): blocks of output rows. When ``out`` is not divisible
       (the 50257-word ``lm_head``), equal blocks overlap by a few rows; each output is kept once.
     - ``[in, out]`` storage (GPT-2's ``Conv1D``): blocks of input rows (split-K), whose partial
       products are summed; needs ``in % splits == 0``.
 
-    Results differ from ``F.linear`` only by fp32 rounding (summation order). ``splits < 2``, any
+    Results differ from ``F.linear`` only by rounding (summation order). ``splits < 2``, any
     other storage, or an indivisible split-K falls back to ``F.linear``.
     """
     out_features, in_features = weight.shape
@@ -76,23 +110,32 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y.view(*lead, out_features)
 
 
+def run_kernel(kernel: Kernel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` computed by ``kernel`` (the tuner times exactly this call)."""
+    if kernel == "native":
+        return kernels.linear_small(x, weight, bias)
+    if kernel == "split":
+        return split_linear(x, weight, bias, splits=torch.get_num_threads())
+    return F.linear(x, weight, bias)
+
+
 class Projection(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) whose decode-sized matmuls can take the
-    split path (:func:`split_linear`) over as many blocks as torch has threads.
+    """``nn.Linear`` (same parameters, same state dict) whose few-row calls can run another
+    kernel: ``decode_kernel`` up to ``DECODE_MAX_ROWS`` rows, ``prefill_kernel`` up to
+    ``PREFILL_MAX_ROWS``. Both are ``linear`` until :meth:`GPT.apply_kernel_plan` sets them;
+    under ``torch.compile`` or :meth:`GPT.kernels_off` everything runs ``F.linear``."""
 
-    ``split`` is off by default; :meth:`GPT.set_split` turns it on where it measures faster
-    (CPU fp32). It applies only to inputs of at most ``SPLIT_MAX_ROWS`` rows, with more than one
-    thread, and outside ``torch.compile``; anything else runs ``F.linear``.
-    """
-
-    split: bool = False
+    decode_kernel: Kernel = "linear"
+    prefill_kernel: Kernel = "linear"
+    kernels_enabled: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under torch.compile the compiler picks its own matmul kernels (and cannot trace the thread count).
-        if self.split and x.numel() <= SPLIT_MAX_ROWS * self.in_features and not torch.compiler.is_compiling():
-            splits = torch.get_num_threads()
-            if splits > 1:
-                return split_linear(x, self.weight, self.bias, splits=splits)
+        if self.kernels_enabled and not torch.compiler.is_compiling():
+            rows = x.numel() // self.in_features
+            if rows <= DECODE_MAX_ROWS:
+                return run_kernel(self.decode_kernel, x, self.weight, self.bias)
+            if rows <= PREFILL_MAX_ROWS:
+                return run_kernel(self.prefill_kernel, x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -301,37 +344,68 @@ class GPT(nn.Module):
         """Every matmul with weights: the block projections and the (tied) ``lm_head``."""
         return [*self.linear_layers(), self.lm_head]
 
-    def set_split(self, enabled: bool) -> None:
-        """Route decode-sized matmuls through :func:`split_linear` (or back to ``F.linear``).
-        Logits change only by fp32 summation order; see ``preferred_split`` for when it pays."""
-        for proj in self.projections():
-            proj.split = enabled
-
-    def split_enabled(self) -> bool:
-        return all(proj.split for proj in self.projections())
+    def projections_by_kind(self) -> dict[str, list[Projection]]:
+        """``PROJECTION_KINDS`` -> the projections of that kind (one per block; one lm_head)."""
+        blocks = self.transformer.h
+        return {
+            "attn.c_attn": [b.attn.c_attn for b in blocks],
+            "attn.c_proj": [b.attn.c_proj for b in blocks],
+            "mlp.c_fc": [b.mlp.c_fc for b in blocks],
+            "mlp.c_proj": [b.mlp.c_proj for b in blocks],
+            "lm_head": [self.lm_head],
+        }
 
     def linear_layers(self) -> list[Projection]:
         """The four GPT-2 ``Conv1D`` projections of every block (not the tied lm_head)."""
         return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]
 
-    def set_weight_layout(self, layout: WeightLayout) -> None:
-        """Store the block projections in memory as ``[out, in]``, ``[in, out]`` or ``mixed``.
+    def apply_kernel_plan(self, plan: KernelPlan) -> None:
+        """Store every projection kind as ``plan`` says (re-laying out weights that differ) and
+        route its few-row calls to the planned kernels.
 
-        The logical shape stays ``[out, in]`` (``nn.Linear``'s), so state dicts and results are
-        unchanged; only the strides differ, and with them which BLAS kernel runs. On CPU a batch-1
-        decode is memory-bound and the kernels stream weights at different rates: see
-        ``preferred_weight_layout``.
+        The logical shape stays ``[out, in]`` (``nn.Linear``'s), so state dicts and logits are
+        unchanged; only the strides differ, and with them which kernel streams the weights. The
+        tied ``lm_head`` shares the embedding's ``[vocab, C]`` storage and stays ``out_in``.
         """
-        for lin in self.linear_layers():
-            w = lin.weight.detach()
-            target = storage_layout(layout, in_features=lin.in_features, out_features=lin.out_features)
-            w = w.t().contiguous().t() if target == "in_out" else w.contiguous()
-            lin.weight = nn.Parameter(w, requires_grad=False)
+        missing = set(PROJECTION_KINDS) - set(plan)
+        if missing:
+            raise ValueError(f"kernel plan lacks {', '.join(sorted(missing))}")
+        if plan["lm_head"].layout != "out_in":
+            raise ValueError("lm_head shares the embedding's storage and must stay out_in")
+        for kind, projs in self.projections_by_kind().items():
+            p = plan[kind]
+            for proj in projs:
+                if kind != "lm_head" and _storage_of(proj.weight) != p.layout:
+                    w = proj.weight.detach()
+                    w = w.t().contiguous().t() if p.layout == "in_out" else w.contiguous()
+                    proj.weight = nn.Parameter(w, requires_grad=False)
+                proj.decode_kernel, proj.prefill_kernel = p.decode, p.prefill
 
-    def weight_layout(self) -> WeightLayout:
-        """The layout the block projections are stored in now (``mixed`` when they differ)."""
-        found = {"out_in" if lin.weight.is_contiguous() else "in_out" for lin in self.linear_layers()}
-        return found.pop() if len(found) == 1 else "mixed"
+    def kernel_plan(self) -> KernelPlan:
+        """The plan the projections run now (read back from them)."""
+        out = {}
+        for kind, projs in self.projections_by_kind().items():
+            p = projs[0]
+            out[kind] = ProjectionPlan(layout=_storage_of(p.weight), decode=p.decode_kernel, prefill=p.prefill_kernel)
+        return out
+
+    def kernels_active(self) -> bool:
+        """Whether any projection runs a kernel other than ``F.linear``."""
+        return any(not p.plain for p in self.kernel_plan().values())
+
+    @contextmanager
+    def kernels_off(self) -> Iterator[None]:
+        """Run every projection through plain ``F.linear`` on its current storage, for as long as
+        the block lasts: the tuned kernels measured against themselves switched off."""
+        projs = self.projections()
+        before = [p.kernels_enabled for p in projs]
+        for p in projs:
+            p.kernels_enabled = False
+        try:
+            yield
+        finally:
+            for p, enabled in zip(projs, before):
+                p.kernels_enabled = enabled
 
     def weight_bytes(self) -> int:
         """Bytes of parameters one forward pass reads (the tied matrix counted once)."""
@@ -344,20 +418,8 @@ class GPT(nn.Module):
         return total
 
 
-def preferred_weight_layout(device: torch.device, dtype: torch.dtype) -> WeightLayout:
-    """The layout that decodes fastest, measured on the CPUs here (README, "Weight layout"):
-    ``mixed`` for fp32 on CPU (mostly GPT-2's own Conv1D ``[in, out]``: +5% over all-``in_out``,
-    +20% over ``out_in``); ``out_in`` (``nn.Linear``) for bf16/fp16, where ``[in, out]`` matmuls
-    run >10x slower on CPU, and on CUDA."""
-    return "mixed" if device.type == "cpu" and dtype == torch.float32 else "out_in"
-
-
-def preferred_split(device: torch.device, dtype: torch.dtype) -> bool:
-    """Split decode matmuls for fp32 on CPU, where they stream weights ~1.4x faster over two
-    threads (README, "Split matmuls"); not for bf16/fp16 on CPU (oneDNN already threads them:
-    bf16 output blocks measured no faster, bf16 split-K 2-3x slower) nor on CUDA (cuBLAS
-    spreads a matrix-vector product over the whole GPU)."""
-    return device.type == "cpu" and dtype == torch.float32
+def _storage_of(weight: torch.Tensor) -> StorageLayout:
+    return "out_in" if weight.is_contiguous() else "in_out"
 
 
 def init_random_(model: GPT, *, seed: int, std: float = 0.02, pool_size: int = (1 << 20) + 7) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,8 @@ import torch
 from gpt2xl.config import GPTConfig, get_preset
 from gpt2xl.devices import check_dtype_supported, dtype_name, resolve_device, resolve_dtype
 from gpt2xl.errors import ConfigError, WeightsError
-from gpt2xl.model import GPT, WeightLayout, init_random_, preferred_split, preferred_weight_layout, storage_layout
+from gpt2xl.autotune import TuneReport, check_mode, tune
+from gpt2xl.model import GPT, KernelPlan, ProjectionPlan, StorageLayout, init_random_, plain_plan
 
 HUB_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -89,18 +91,24 @@ class WeightsSource:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode, on ``device`` in ``dtype``, with where its weights came from."""
+    """A model in eval mode, on ``device`` in ``dtype``, with where its weights came from and the
+    kernel choices it runs (``tuning``)."""
 
     model: GPT
     source: WeightsSource
     device: torch.device
     dtype: torch.dtype
-    layout: WeightLayout = field(default="out_in")
-    split: bool = False
+    tuning: TuneReport
 
     @property
     def config(self) -> GPTConfig:
         return self.model.config
+
+    @property
+    def layout(self) -> str:
+        """Storage of the block projections: ``out_in``, ``in_out`` or ``mixed`` (they differ)."""
+        found = {p.layout for kind, p in self.model.kernel_plan().items() if kind != "lm_head"}
+        return found.pop() if len(found) == 1 else "mixed"
 
     def describe(self) -> dict[str, object]:
         return {
@@ -109,7 +117,7 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": dtype_name(self.dtype),
             "weight_layout": self.layout,
-            "split": self.split,
+            "kernels": self.tuning.to_dict(),
             "num_parameters": self.config.num_parameters(),
             "weight_bytes": self.model.weight_bytes(),
         }
@@ -121,10 +129,16 @@ def load_model(
     device: str = "cpu",
     dtype: str = "fp32",
     seed: int = 0,
-    layout: WeightLayout | Literal["auto"] = "auto",
-    split: bool | Literal["auto"] = "auto",
+    autotune: str = "cached",
+    layout: StorageLayout | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Resolve ``spec`` (see module docstring) into a ready model.
+
+    ``autotune`` (off, cached, fresh) picks each projection's storage and kernel by measuring
+    them here before the weights are allocated (``gpt2xl.autotune``). ``layout`` forces the
+    storage of the block projections (a layout study); kernels that cannot read it fall back to
+    ``F.linear``. ``progress`` receives one line per shape the tuner times.
 
     Raises WeightsError (unknown spec, missing/corrupt files, key or shape mismatch, offline and
     uncached), DeviceError (no CUDA, unsupported dtype) or ConfigError (bad option values).
@@ -132,18 +146,18 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     check_dtype_supported(torch_device, torch_dtype)
-    if layout == "auto":
-        layout = preferred_weight_layout(torch_device, torch_dtype)
-    elif layout not in ("out_in", "in_out", "mixed"):
-        raise ConfigError(f"Unknown weight layout {layout!r}; use auto, out_in, in_out or mixed.")
-    if split == "auto":
-        split = preferred_split(torch_device, torch_dtype)
-    elif not isinstance(split, bool):
-        raise ConfigError(f"split must be True, False or 'auto', got {split!r}.")
+    mode = check_mode(autotune)
+    if layout not in (None, "out_in", "in_out"):
+        raise ConfigError(f"Unknown weight layout {layout!r}; use out_in or in_out (or leave it to the tuner).")
+
+    def plan_for(config: GPTConfig) -> TuneReport:
+        report = tune(config, device=torch_device, dtype=torch_dtype, mode=mode, progress=progress)
+        return report if layout is None else replace(report, plan=_with_layout(report.plan, layout))
 
     if spec.startswith(RANDOM_PREFIX):
         config = get_preset(spec.removeprefix(RANDOM_PREFIX))
-        model = _empty_model(config, torch_device, torch_dtype, layout)
+        tuning = plan_for(config)
+        model = _empty_model(config, torch_device, torch_dtype, tuning.plan)
         init_random_(model, seed=seed)
         source = WeightsSource(kind="random", spec=spec, seed=seed)
     else:
@@ -160,13 +174,29 @@ def load_model(
                 "or owner/name), and not random:<preset> (presets: gpt2, gpt2-medium, gpt2-large, "
                 "gpt2-xl, tiny, tiny-xl)."
             )
-        model, files = _load_hf_directory(directory, torch_device, torch_dtype, layout)
+        config = _read_config(directory)
+        tuning = plan_for(config)
+        model, files = _load_hf_directory(directory, config, torch_device, torch_dtype, tuning.plan)
         source = WeightsSource(kind=kind, spec=spec, files=tuple(str(f) for f in files))
     model.eval().requires_grad_(False)
-    model.set_split(split)
-    return LoadedModel(
-        model=model, source=source, device=torch_device, dtype=torch_dtype, layout=layout, split=split
-    )
+    model.apply_kernel_plan(tuning.plan)  # storage already matches: this only routes the kernels
+    return LoadedModel(model=model, source=source, device=torch_device, dtype=torch_dtype, tuning=tuning)
+
+
+def _with_layout(plan: KernelPlan, layout: StorageLayout) -> KernelPlan:
+    """``plan`` with every block projection stored ``layout``; ``native`` needs ``out_in``."""
+    def fit(kernel: str) -> str:
+        return "linear" if kernel == "native" and layout != "out_in" else kernel
+
+    return {
+        kind: p if kind == "lm_head" else ProjectionPlan(layout=layout, decode=fit(p.decode), prefill=fit(p.prefill))
+        for kind, p in plan.items()
+    }
+
+
+def _kind_of(key: str) -> str:
+    """``transformer.h.3.mlp.c_fc.weight`` -> ``mlp.c_fc``."""
+    return ".".join(key.split(".")[-3:-1])
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -174,17 +204,19 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
 
 
-def _empty_model(config: GPTConfig, device: torch.device, dtype: torch.dtype, layout: WeightLayout) -> GPT:
-    """A model with uninitialised storage, allocated once, directly in ``dtype``, ``layout`` and on
-    ``device`` (re-laying out filled weights later would cost a second pass over every byte)."""
+def _empty_model(config: GPTConfig, device: torch.device, dtype: torch.dtype, plan: KernelPlan) -> GPT:
+    """A model with uninitialised storage, allocated once, directly in ``dtype``, in each
+    projection's planned layout and on ``device`` (re-laying out filled weights later would cost
+    a second pass over every byte)."""
     with torch.device("meta"):
         model = GPT(config).to(dtype)
     model.to_empty(device=device)
     model.tie_weights()  # to_empty re-creates parameters per module, which unties them
-    for lin in model.linear_layers():
-        if storage_layout(layout, in_features=lin.in_features, out_features=lin.out_features) == "in_out":
-            storage = torch.empty(lin.in_features, lin.out_features, device=device, dtype=dtype)
-            lin.weight = torch.nn.Parameter(storage.t(), requires_grad=False)
+    for kind, projs in model.projections_by_kind().items():
+        if kind != "lm_head" and plan[kind].layout == "in_out":
+            for lin in projs:
+                storage = torch.empty(lin.in_features, lin.out_features, device=device, dtype=dtype)
+                lin.weight = torch.nn.Parameter(storage.t(), requires_grad=False)
     return model
 
 
@@ -244,9 +276,7 @@ def _host_resolves(url: str) -> bool:
     return True
 
 
-def _load_hf_directory(
-    directory: Path, device: torch.device, dtype: torch.dtype, layout: WeightLayout
-) -> tuple[GPT, list[Path]]:
+def _read_config(directory: Path) -> GPTConfig:
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise WeightsError(f"{directory} has no config.json; is it a Hugging Face GPT-2 checkpoint directory?")
@@ -254,10 +284,15 @@ def _load_hf_directory(
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{config_file} is not valid JSON ({exc}).") from exc
-    config = GPTConfig.from_hf_config(hf_config)
+    return GPTConfig.from_hf_config(hf_config)
+
+
+def _load_hf_directory(
+    directory: Path, config: GPTConfig, device: torch.device, dtype: torch.dtype, plan: KernelPlan
+) -> tuple[GPT, list[Path]]:
     files, tensors = _open_weight_files(directory)
-    model = _empty_model(config, device, dtype, "out_in")  # Conv1D weights are replaced, not copied into
-    _copy_hf_tensors(model, tensors, device=device, dtype=dtype, layout=layout, where=str(directory))
+    model = _empty_model(config, device, dtype, plain_plan())  # Conv1D weights are replaced, not copied into
+    _copy_hf_tensors(model, tensors, device=device, dtype=dtype, plan=plan, where=str(directory))
     return model, files
 
 
@@ -315,7 +350,7 @@ def _copy_hf_tensors(
     *,
     device: torch.device,
     dtype: torch.dtype,
-    layout: WeightLayout,
+    plan: KernelPlan,
     where: str,
 ) -> None:
     """Move checkpoint tensors into ``model``'s parameters, transposing Conv1D weights.
@@ -349,9 +384,7 @@ def _copy_hf_tensors(
         with torch.no_grad():
             if conv1d:
                 # value is [in, out]; its transpose is the [out, in] parameter, already in in_out layout.
-                in_features, out_features = value.shape
-                target = storage_layout(layout, in_features=in_features, out_features=out_features)
-                value = value.t() if target == "in_out" else value.t().contiguous()
+                value = value.t() if plan[_kind_of(key)].layout == "in_out" else value.t().contiguous()
                 param.data = value
             else:
                 param.copy_(value)

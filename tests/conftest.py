@@ -13,6 +13,15 @@ TINY_SHAKESPEARE_LEGACY = SHARED / "models" / "gpt2-tiny-shakespeare-legacy"
 SHARED_DATA = SHARED / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_kernels_built() -> None:
+    """Build (or load) the native kernels once, in the user cache, before any test points
+    GPT2XL_CACHE_DIR elsewhere: a build per temporary cache would cost ~30 s each."""
+    from gpt2xl import kernels
+
+    kernels.native()
+
+
 @pytest.fixture(scope="session")
 def tiny_shakespeare_dir() -> Path:
     if not (TINY_SHAKESPEARE / "model.safetensors").is_file():

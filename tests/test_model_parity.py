@@ -81,14 +81,30 @@ def test_shared_trained_checkpoint_matches_transformers(folder):
     _check_parity(hf, folder, block_size=128)
 
 
-@pytest.mark.parametrize("layout", ["in_out", "out_in", "mixed"])
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
 def test_weight_layout_does_not_change_logits(tiny_shakespeare_dir, layout):
-    ref = load_model(str(tiny_shakespeare_dir), layout="out_in")
+    ref = load_model(str(tiny_shakespeare_dir), autotune="off")
     other = load_model(str(tiny_shakespeare_dir), layout=layout)
-    assert other.model.weight_layout() == layout
+    assert other.layout == layout
     idx = torch.arange(100, 164)[None]  # (1, 64)
     with torch.no_grad():
         torch.testing.assert_close(other.model(idx), ref.model(idx), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_tuned_kernels_match_plain_pytorch(tiny_shakespeare_dir, rows):
+    """Whatever the tuner picked here (native, split or linear kernels, either layout) computes
+    the logits PyTorch's own kernels compute, for a decode step and a prefill; and the same
+    model with its kernels switched off is plain PyTorch again."""
+    tuned = load_model(str(tiny_shakespeare_dir))
+    plain = load_model(str(tiny_shakespeare_dir), autotune="off")
+    idx = torch.arange(500, 500 + rows)[None]  # (1, rows)
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.model(idx), plain.model(idx), rtol=0, atol=2e-5)
+        with tuned.model.kernels_off():
+            assert all(not p.kernels_enabled for p in tuned.model.projections())
+            torch.testing.assert_close(tuned.model(idx), plain.model(idx), rtol=0, atol=2e-5)
+    assert all(p.kernels_enabled for p in tuned.model.projections())
 
 
 def test_kv_cache_logits_equal_full_forward_at_every_position(tiny_shakespeare):
@@ -122,3 +138,18 @@ def test_reference_and_cached_agree_on_transformers_checkpoint(tmp_path_factory)
     a = generate_reference(ours, prompt, cfg, generator=torch.Generator().manual_seed(5))
     b = generate(ours, prompt, cfg, generator=torch.Generator().manual_seed(5))
     assert a.tokens == b.tokens and a.steps == b.steps == 60
+
+
+@pytest.mark.parametrize("text", ["ROMEO:", "First Citizen:\nBefore we proceed any further, hear me speak."])
+def test_bf16_greedy_tokens_match_transformers_bf16(tiny_shakespeare_dir, text):
+    """In bf16, with whatever kernels the tuner picked here, greedy decoding gives HF bf16's
+    tokens on the trained checkpoint (the issue's bar for low precision: same tokens, not logits)."""
+    from gpt2xl.tokenizer import encode
+
+    hf = GPT2LMHeadModel.from_pretrained(tiny_shakespeare_dir, dtype=torch.bfloat16).eval()
+    ours = load_model(str(tiny_shakespeare_dir), dtype="bf16")
+    prompt = encode(text)
+    n = 32
+    want = hf.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=50256)
+    got = generate(ours.model, [prompt], SamplingConfig(max_new_tokens=n, temperature=0.0, stop_at_eot=False))
+    assert got.tokens[0] == want[0, len(prompt):].tolist()

@@ -1,10 +1,11 @@
-"""Split decode matmuls (``model.split_linear`` / ``Projection``) against ``F.linear``.
+"""Split decode matmuls (``model.split_linear``, one of the tuner's candidate kernels) against
+``F.linear``.
 
 The split path only reorders fp32 sums, so it must agree with ``F.linear`` to rounding in both
 weight storage layouts, including output widths the split does not divide (overlapping blocks,
-as for the 50257-word ``lm_head``), and the model must take it exactly when it is enabled, has
-more than one thread and sees a decode-sized input (checked with the profiler: the split path
-is a ``bmm``).
+as for the 50257-word ``lm_head``), and a projection must take it exactly when its plan says so,
+it has more than one thread and sees a decode-sized input (checked with the profiler: the split
+path is a ``bmm``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2xl.errors import ConfigError
-from gpt2xl.model import SPLIT_MAX_ROWS, Projection, split_linear
+from gpt2xl.model import DECODE_MAX_ROWS, PREFILL_MAX_ROWS, ProjectionPlan, Projection, plain_plan, split_linear
 from gpt2xl.weights import load_model
 
 
@@ -79,31 +79,24 @@ def test_projection_takes_split_path_only_when_it_applies(threads):
     x1 = torch.randn(1, 1, 64)  # (B, T, C): one decode step
     with torch.no_grad():
         threads(2)
-        assert "aten::bmm" not in _ops(lambda: proj(x1))  # off by default
-        proj.split = True
+        assert "aten::bmm" not in _ops(lambda: proj(x1))  # linear by default
+        proj.decode_kernel = "split"
         assert "aten::bmm" in _ops(lambda: proj(x1))
         torch.testing.assert_close(proj(x1), F.linear(x1, proj.weight, proj.bias), rtol=1e-5, atol=1e-6)
-        many = torch.randn(1, SPLIT_MAX_ROWS + 1, 64)  # a prefill: the regular GEMM path
+        many = torch.randn(1, DECODE_MAX_ROWS + 1, 64)  # a prefill: the prefill kernel (linear)
         assert "aten::bmm" not in _ops(lambda: proj(many))
         threads(1)  # nothing to split over
         assert "aten::bmm" not in _ops(lambda: proj(x1))
 
 
-def test_split_model_matches_plain_model_on_trained_checkpoint(tiny_shakespeare_dir, threads):
+def test_split_plan_matches_plain_model_on_trained_checkpoint(tiny_shakespeare_dir, threads):
     threads(2)
-    split = load_model(str(tiny_shakespeare_dir), split=True)
-    plain = load_model(str(tiny_shakespeare_dir), split=False)
-    assert split.model.split_enabled() and not plain.model.split_enabled()
-    idx = torch.arange(300, 316)[None]  # (1, 16): under SPLIT_MAX_ROWS, so split end to end
+    split = load_model(str(tiny_shakespeare_dir), autotune="off")
+    plain = load_model(str(tiny_shakespeare_dir), autotune="off")
+    split.model.apply_kernel_plan({k: ProjectionPlan(layout="out_in", decode="split", prefill="split") for k in plain_plan()})
+    assert split.model.kernels_active() and not plain.model.kernels_active()
+    idx = torch.arange(300, 316)[None]  # (1, 16): a prefill-sized call, split end to end
+    assert idx.numel() <= PREFILL_MAX_ROWS
     with torch.no_grad():
         assert "aten::bmm" in _ops(lambda: split.model(idx))
         torch.testing.assert_close(split.model(idx), plain.model(idx), rtol=0, atol=2e-5)
-
-
-def test_load_model_enables_split_for_cpu_fp32_only(tiny_shakespeare_dir):
-    fp32 = load_model(str(tiny_shakespeare_dir))
-    assert fp32.split and fp32.model.split_enabled() and fp32.describe()["split"] is True
-    bf16 = load_model(str(tiny_shakespeare_dir), dtype="bf16")
-    assert not bf16.split and not bf16.model.split_enabled()
-    with pytest.raises(ConfigError, match="split"):
-        load_model(str(tiny_shakespeare_dir), split="yes")

@@ -7,9 +7,10 @@ show progress. Exit status: pytest's (0 when every case passed or was skipped wi
 
 Examples::
 
-    python -m bench --run-dir reports/mine                        # quick profile, ~5 min on 2 cores
+    python -m bench --run-dir reports/mine                        # quick profile, ~10 min on 2 cores
     python -m bench --run-dir reports/x --profile full --dtype fp32,bf16
     python -m bench --run-dir reports/ci-gate --profile gate      # ratios for the CI gate
+    python -m bench --run-dir reports/t --autotune fresh          # re-measure the kernel choices first
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 from bench.profiles import PROFILES, default_model, get_profile
+
+AUTOTUNE_MODES = ("off", "cached", "fresh")  # bench.harness.AUTOTUNE_MODES, without importing torch here
 from gpt2xl.devices import resolve_dtype
 from gpt2xl.errors import GPT2XLError
 from gpt2xl.results import new_run_id
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-bytes", type=int, default=None, help="bandwidth probe buffer size in bytes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's / torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights, prompts and sampling")
+    parser.add_argument("--autotune", default="cached", choices=AUTOTUNE_MODES,
+                        help="kernel choices per projection: off (the plain plan), cached (default: measured once per "
+                             "CPU / torch / threads / dtype and reused), fresh (measure again)")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     parser.add_argument("--no-report", action="store_true", help="write bench.json only")
     return parser
@@ -61,6 +67,7 @@ def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
         "--bench-profile", args.profile,
         "--bench-device", args.device,
         "--bench-seed", str(args.seed),
+        "--bench-autotune", args.autotune,
     ]
     if args.model:
         cmd += ["--bench-model", args.model]

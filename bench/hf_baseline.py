@@ -2,33 +2,34 @@
 
 HF runs as it would from its own checkpoint: GPT-2's ``Conv1D`` weights stored contiguous
 ``[in, out]`` (its native layout). The HF model is built on the meta device and its parameters are
-then *assigned* our tensors, shared wherever the storage already matches:
+then *assigned* our tensors, shared wherever the storage already matches: embeddings, LayerNorms,
+biases, the tied lm_head, and every projection the autotuner stored ``[in, out]`` (where
+``our.weight.t()`` IS a contiguous ``[in, out]`` tensor). Projections we store ``[out, in]``
+(``nn.Linear``'s) are copied for HF into ``[in, out]``, i.e. what ``GPT2LMHeadModel.from_pretrained``
+would hold: handing HF transposed views of OUR layout would credit our layout choice to the
+baseline. ``native=False`` does that, for studying layouts. The layout HF ran with is recorded in
+every case (``hf_weight_layout``).
 
-- fp32 on CPU: our preferred layout is ``mixed``: every projection but ``mlp.c_proj`` is stored
-  ``[in, out]``, where ``our.weight.t()`` IS a contiguous ``[in, out]`` tensor that HF shares;
-  only ``mlp.c_proj`` (a third of the block weights) is copied for HF.
-- bf16/fp16: our layout is ``out_in`` (``nn.Linear``'s, which bf16 matmuls stream ~1.4x faster on
-  CPU); HF gets contiguous ``[in, out]`` copies of the Conv1D weights, i.e. what
-  ``GPT2LMHeadModel.from_pretrained`` would hold. Handing HF transposed views of OUR layout
-  instead would credit our layout choice to the baseline. ``native=False`` does that, for
-  studying layouts. The layout HF ran with is recorded in every case (``hf_weight_layout``).
+HF's ``Conv1D`` runs its own ``addmm``; our tuned decode kernels are never lent to it.
 
-HF's ``Conv1D`` runs its own ``addmm``; our split decode matmuls (``model.split_linear``) are
-our kernels and are never lent to it.
+Timing: prefill and decode come from per-token timestamps inside ONE ``generate`` call
+(:class:`TokenTimes`), as optimum-benchmark's latency tracker takes them. Subtracting a separate
+``max_new_tokens=1`` call from a full one, as this module once did, came out 0 on a loaded machine.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from gpt2xl.config import EOT_TOKEN_ID
 from gpt2xl.devices import synchronize
 from gpt2xl.errors import ConfigError
 from gpt2xl.model import GPT
-from gpt2xl.sampling import decode_tokens_per_s
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -86,34 +87,40 @@ def hf_weight_layout(hf) -> str:
     return "in_out" if w.is_contiguous() else "out_in"
 
 
+class TokenTimes(LogitsProcessor):
+    """Records ``time.perf_counter()`` each time ``generate`` asks for the next token's scores,
+    scores unchanged (optimum-benchmark's per-token latency tracker). Call 0 comes right after the
+    prefill forward, call i after the forward of token i - 1. Synchronizes CUDA first, so a
+    timestamp is taken after the forward's kernels finished."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
 @dataclass(frozen=True, kw_only=True)
 class HFTiming:
-    """One fixed-length ``generate`` call, split optimum-benchmark's way.
-
-    ``prefill_s`` is a separate ``max_new_tokens=1`` call; ``decode_s`` = total − prefill, over the
-    ``new_tokens − 1`` tokens after the first.
-    """
+    """One fixed-length ``generate`` call, timed from inside: ``prefill_s`` = first token
+    timestamp − start; ``decode_s`` = end − first timestamp, over the ``new_tokens − 1`` tokens after
+    the first; ``token_times_s`` = each timestamp − start. A timing that cannot be split (no
+    timestamp) has ``prefill_s`` and ``decode_s`` NaN; the harness treats the round as invalid."""
 
     batch_size: int
     new_tokens: int
     prefill_s: float
+    decode_s: float
     total_s: float
+    token_times_s: tuple[float, ...]
     tokens: list[list[int]]
 
-    @property
-    def decode_s(self) -> float:
-        return max(self.total_s - self.prefill_s, 0.0)
 
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return decode_tokens_per_s(batch_size=self.batch_size, steps=self.new_tokens, decode_s=self.decode_s)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.batch_size * self.new_tokens / self.total_s if self.total_s > 0 else 0.0  # one call, end to end
-
-
-def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float, top_k: int | None) -> torch.Tensor:
+def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float, top_k: int | None,
+             tracker: TokenTimes) -> torch.Tensor:
     sampling = temperature > 0
     kwargs = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=1.0) if sampling else dict(do_sample=False)
     return hf.generate(
@@ -122,6 +129,7 @@ def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,  # end-of-text cannot cut a benchmark short
         pad_token_id=EOT_TOKEN_ID,
+        logits_processor=LogitsProcessorList([tracker]),
         **kwargs,
     )
 
@@ -130,7 +138,8 @@ def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float
 def hf_generate_timed(
     hf, prompts: list[list[int]], *, new_tokens: int, temperature: float = 0.8, top_k: int | None = 40, seed: int = 0
 ) -> HFTiming:
-    """Run HF ``generate`` for exactly ``new_tokens`` tokens per row, timing prefill separately.
+    """Run HF ``generate`` once for exactly ``new_tokens`` tokens per row, with prefill and decode
+    split by per-token timestamps taken inside that one call.
 
     Prompts must share one length (no padding, so HF and our loop compute the same shapes).
     """
@@ -140,16 +149,21 @@ def hf_generate_timed(
         raise ConfigError("hf_generate_timed takes prompts of equal length.")
     device = hf.transformer.wte.weight.device
     input_ids = torch.tensor(prompts, device=device)  # (B, T)
+    tracker = TokenTimes(device)
     torch.manual_seed(seed)  # HF samples from the global generator
     synchronize(device)
     t0 = time.perf_counter()
-    _hf_call(hf, input_ids, new_tokens=1, temperature=temperature, top_k=top_k)
+    out = _hf_call(hf, input_ids, new_tokens=new_tokens, temperature=temperature, top_k=top_k, tracker=tracker)
     synchronize(device)
-    t1 = time.perf_counter()
-    out = _hf_call(hf, input_ids, new_tokens=new_tokens, temperature=temperature, top_k=top_k)
-    synchronize(device)
-    t2 = time.perf_counter()
+    end = time.perf_counter()
     new = out[:, input_ids.shape[1] :]
+    first = tracker.times[0] if tracker.times else math.nan
     return HFTiming(
-        batch_size=len(prompts), new_tokens=int(new.shape[1]), prefill_s=t1 - t0, total_s=t2 - t1, tokens=new.tolist()
+        batch_size=len(prompts),
+        new_tokens=int(new.shape[1]),
+        prefill_s=first - t0,
+        decode_s=end - first,
+        total_s=end - t0,
+        token_times_s=tuple(t - t0 for t in tracker.times),
+        tokens=new.tolist(),
     )

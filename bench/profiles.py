@@ -4,13 +4,16 @@ A *case* is one (model, device, dtype, sampler, batch, prompt length, new tokens
 are sized for a 2-core CPU box (see /work/shared/PERF.md for the speeds the budgets assume):
 
 - ``smoke``: ``random:tiny``, seconds; for tests of the pipeline itself.
-- ``gate``: ``random:gpt2`` fp32, the three samplers interleaved round by round so their RATIOS
-  hold on a noisy shared machine; under 2 minutes. What CI compares against a baseline.
+- ``gate``: ``random:gpt2`` fp32, the samplers interleaved round by round so their RATIOS hold on
+  a noisy shared machine; a few minutes. What CI compares against a baseline.
 - ``quick`` (``nox -s bench`` default): gpt2-xl fp32 + bf16 (bf16 only where the CPU has native
   bf16 matmuls; emulated, it is skipped with the reason), batch 1, 16-token prompt, 32 new tokens
-  (8 for the no-cache reference, ~3x slower on XL), our sampler again with split matmuls off,
-  plus the decode-cost-vs-length sweep on gpt2; about 5 minutes on a quiet 2-core machine.
-- ``full``: adds fp16, batch 4, 128 new tokens and a longer sweep; tens of minutes.
+  (8 for the no-cache reference, ~3x slower on XL): ours with tuned kernels and with plain
+  ``F.linear``, HF ``generate``, llama.cpp on the same weights (f32/bf16 and q8_0; skipped with
+  the reason when not installed), plus the decode-cost-vs-length sweep on gpt2; about 10 minutes
+  on a quiet 2-core machine.
+- ``full``: adds fp16, batch 4, 128 new tokens, interleaved ratio runs and a longer sweep; tens
+  of minutes.
 
 CUDA cases are listed in every profile so that a machine without a GPU shows them as SKIPPED
 with the reason, rather than silently measuring less.
@@ -22,13 +25,19 @@ from dataclasses import dataclass
 
 from gpt2xl.errors import ConfigError
 
-# "cached-linear": our cached sampler with split matmuls off (what splitting adds, same run);
-# "compiled": our cached sampler with a static cache and a torch.compile'd step (CUDA graphs):
-# measured on CUDA only (on CPU it compiles for ~20 s per shape and measured slower than eager).
-SAMPLERS = ("reference", "cached", "cached-linear", "compiled", "hf")
+# "reference": the textbook loop, no KV cache; "cached": our KV-cached sampler with the kernels
+# autotuned for this machine; "cached-plain": the same with the tuned kernels switched off (plain
+# F.linear on the same storage: what tuning adds, same run); "compiled": static cache + a
+# torch.compile'd step (CUDA graphs), measured on CUDA only (on CPU it compiles for ~20 s per shape
+# and measured slower than eager); "hf": transformers' generate on the same weights;
+# "llamacpp": llama.cpp (llama-cpp-python) on the same weights converted to GGUF, the type from the
+# case dtype (fp32 -> f32, bf16 -> bf16, fp16 -> f16); "llamacpp-q8_0": the same quantized to q8_0.
+SAMPLERS = ("reference", "cached", "cached-plain", "compiled", "hf", "llamacpp", "llamacpp-q8_0")
 CUDA_ONLY_SAMPLERS = ("compiled",)
+CPU_ONLY_SAMPLERS = ("llamacpp", "llamacpp-q8_0")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "fp16", "bf16")
+BETWEEN_PROBE_BYTES = 1 << 30  # probes between models: cheap, still far beyond any cache
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,10 +87,12 @@ class Profile:
     scaling_samplers: tuple[str, ...] = ("reference", "cached")
     scaling_new_tokens: tuple[int, ...] = ()
     scaling_rounds: int = 2
-    # interleaved ratio measurement (gate): rounds of reference/cached/hf in turn (0: none)
+    # interleaved ratio measurement (gate): rounds of every sampler in turn (0: none)
     ratio_rounds: int = 0
     ratio_point: tuple[int, int, int] = (1, 16, 32)  # batch, prompt_len, new_tokens
-    probe_bytes: int | None = None  # bandwidth probe buffer; None: 2 GiB on CPU (capped by free RAM)
+    # bandwidth probe buffer at the start and end of the run; None: 2 GiB on CPU (capped by free
+    # RAM). Probes between models use at most BETWEEN_PROBE_BYTES.
+    probe_bytes: int | None = None
     threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
     # Skip bf16/fp16 CPU cases on CPUs without native instructions for them (emulated low
     # precision runs ~10x slower and would blow the time budget) unless --dtype names them.
@@ -97,7 +108,9 @@ class Profile:
         for device in devices:
             for dtype in dtypes if dtypes is not None else self.dtypes.get(device, ()):
                 for sampler, batch, prompt_len, new_tokens in self.points:
-                    if sampler in CUDA_ONLY_SAMPLERS and device != "cuda":
+                    if (sampler in CUDA_ONLY_SAMPLERS and device != "cuda") or (
+                        sampler in CPU_ONLY_SAMPLERS and device != "cpu"
+                    ):
                         continue
                     out.append(Case(sampler=sampler, device=device, dtype=dtype, batch_size=batch,
                                     prompt_len=prompt_len, new_tokens=new_tokens))
@@ -114,7 +127,8 @@ class Profile:
         ]
 
     def ratio_cases(self, *, devices: tuple[str, ...], dtypes: tuple[str, ...] | None) -> list[Case]:
-        """One "cached" case per (device, dtype) standing for an interleaved three-sampler run."""
+        """One "cached" case per (device, dtype) standing for an interleaved run of every sampler
+        available there (see ``bench.harness.measure_ratios``)."""
         if self.ratio_rounds == 0:
             return []
         batch, prompt_len, new_tokens = self.ratio_point
@@ -134,8 +148,7 @@ PROFILES: dict[str, Profile] = {
         description="random:tiny, every sampler, a tiny sweep: seconds (tests the pipeline)",
         default_model="random:tiny",
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
-        points=(("reference", 1, 8, 8), ("cached", 1, 8, 8), ("cached-linear", 1, 8, 8), ("compiled", 1, 8, 8),
-                ("hf", 1, 8, 8)),
+        points=tuple((s, 1, 8, 8) for s in SAMPLERS),
         rounds=1,
         warmup_rounds=0,
         scaling_model="random:tiny",
@@ -149,7 +162,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "gate": Profile(
         name="gate",
-        description="random:gpt2 fp32, samplers interleaved per round: ratios for CI, < 2 minutes",
+        description="random:gpt2 fp32, samplers interleaved per round: ratios for CI, a few minutes",
         default_model="random:gpt2",
         dtypes={"cpu": ("fp32",), "cuda": _CUDA_DTYPES},
         points=(),
@@ -162,11 +175,12 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick",
-        description="gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8; also ours with split matmuls off), + sweep on gpt2: ~5 min",
+        description=("gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8): "
+                     "ours tuned and plain, HF, llama.cpp (+q8_0) when installed, + sweep on gpt2: ~10 min"),
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
-        points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("cached-linear", 1, 16, 32), ("compiled", 1, 16, 32),
-                ("hf", 1, 16, 32)),
+        points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("cached-plain", 1, 16, 32), ("compiled", 1, 16, 32),
+                ("hf", 1, 16, 32), ("llamacpp", 1, 16, 32), ("llamacpp-q8_0", 1, 16, 32)),
         rounds=2,
         warmup_rounds=1,
         scaling_model="random:gpt2",
@@ -180,11 +194,11 @@ PROFILES: dict[str, Profile] = {
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")},
         points=(
-            ("reference", 1, 16, 16), ("cached", 1, 16, 32), ("cached-linear", 1, 16, 32), ("compiled", 1, 16, 32),
-            ("hf", 1, 16, 32), ("compiled", 1, 16, 128),
-            ("cached", 1, 16, 128), ("hf", 1, 16, 128),
+            ("reference", 1, 16, 16), ("cached", 1, 16, 32), ("cached-plain", 1, 16, 32), ("compiled", 1, 16, 32),
+            ("hf", 1, 16, 32), ("llamacpp", 1, 16, 32), ("llamacpp-q8_0", 1, 16, 32), ("compiled", 1, 16, 128),
+            ("cached", 1, 16, 128), ("hf", 1, 16, 128), ("llamacpp", 1, 16, 128),
             ("cached", 4, 16, 32), ("hf", 4, 16, 32),
-            ("cached", 1, 128, 32), ("hf", 1, 128, 32),
+            ("cached", 1, 128, 32), ("hf", 1, 128, 32), ("llamacpp", 1, 128, 32),
         ),
         rounds=3,
         warmup_rounds=1,

@@ -5,15 +5,14 @@ per step (per-token cost stays flat). Measured on a small model so long outputs 
 
 from __future__ import annotations
 
-from bench.conftest import BenchState
+import pytest
+
+from bench.harness import BenchState, measure_case
 from bench.profiles import Case
-from bench.test_throughput import measure_case
 
 
+@pytest.mark.bench_kind("scaling")
 def test_decode_scaling(benchmark, bench_env: BenchState, bench_case: Case) -> None:
     # No warm-up rounds: the model had its untimed warm-up forward on load, and the trend
     # across lengths, not the last percent, is what this sweep shows.
     measure_case(benchmark, bench_env, bench_case, rounds=bench_env.profile.scaling_rounds, warmup_rounds=0, kind="scaling")
-
-
-test_decode_scaling.bench_kind = "scaling"

@@ -7,23 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
+from bench.records import RATIOS
+
+_RATIO_HELP = "; ".join(f"{name} ({d.label})" for name, d in RATIOS.items())
+
 
 def compare(
-    old: Annotated[Path, typer.Argument(help="Baseline bench.json.")],
+    old: Annotated[Path, typer.Argument(help=(
+        "Baseline bench.json, or a directory of per-CPU-kind baselines gate-cpu-<kind>.json (kind: the "
+        "torch CPU capability the new run recorded, e.g. AVX2, AVX512); with no baseline for the kind, "
+        "only floors and validity are checked, and the output says so."))],
     new: Annotated[Path, typer.Argument(help="New bench.json.")],
     max_slowdown: Annotated[str, typer.Option(help="Largest tolerated slowdown per case, e.g. 10% or 0.1.")] = "10%",
     ratios: Annotated[bool, typer.Option("--ratios", help=(
-        "Compare speed ratios measured within each run (cached vs reference, ours vs HF) instead of "
-        "absolute speeds: the gate that holds on a noisy or different machine."))] = False,
+        "Compare speed ratios measured within each run instead of absolute speeds: the gate that holds "
+        f"on a noisy machine. Ratios: {_RATIO_HELP}."))] = False,
     metric: Annotated[str, typer.Option(help=(
         "Per-case metric in throughput mode: decode_tokens_per_s (default), tokens_per_s, prefill_s, "
         "decode_s_per_token, peak_memory_bytes."))] = "decode_tokens_per_s",
     floor: Annotated[Optional[list[str]], typer.Option(help=(
-        "Ratios mode: an absolute floor NAME=VALUE, e.g. cached_vs_reference_decode=2 (repeatable)."))] = None,
+        "Ratios mode: an absolute floor NAME=VALUE, e.g. cached_vs_reference_decode=2 (repeatable); NAME one of "
+        f"{', '.join(RATIOS)}; VALUE a finite number > 0."))] = None,
 ) -> None:
-    """Compare two benchmark runs side by side; exit 1 when a case regressed, 0 otherwise.
+    """Compare two benchmark runs side by side; exit 1 when a case regressed, fell below a floor or
+    holds no valid measurement, 0 otherwise; 2 for bad options or files.
 
-    Example: gpt2xl compare bench/baselines/gate-cpu.json reports/ci-gate/bench.json --ratios --max-slowdown 25%
+    Example: gpt2xl compare bench/baselines bench.json --ratios --max-slowdown 25% --floor cached_vs_reference_decode=2
     """
     from gpt2xl_app.compare import compare_files, format_table, parse_floors, parse_fraction
 

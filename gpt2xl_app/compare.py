@@ -6,12 +6,19 @@ Two modes:
   against OLD, matched by case name (``test_throughput[random:gpt2-xl-cpu-fp32-cached-b1-p16-n32]``,
   which spells out model, device, dtype, sampler, batch, prompt and new tokens). Absolute speeds:
   meaningful on the same quiet machine only.
-- ``ratios``: speed ratios measured inside ONE run (cached vs reference sampler, ours vs HF
-  ``generate``), which a noisy or different machine shifts far less than absolute times. What a
-  CI gate on a shared machine compares. Optional absolute floors (``cached_vs_reference_decode
-  >= 2``) catch a slow drift that relative tolerances would let through.
+- ``ratios``: speed ratios measured inside ONE run (the names of ``bench.records.RATIOS``: cached
+  vs reference, ours vs HF, ours vs llama.cpp, …), which a noisy machine shifts far less than
+  absolute times. What the CI gate compares. Optional absolute floors (``cached_vs_reference_decode
+  >= 2``) catch a slow drift that relative tolerances would let through; their names and values
+  are validated.
 
-Everything here returns data; the CLI prints it.
+The baseline can be a directory of per-CPU-kind baselines (``gate-cpu-<kind>.json``, the kind
+being ``torch.backends.cpu.get_cpu_capability()`` as the new run recorded it): ratios depend on
+the CPU kind (bf16 native or emulated, AVX2 or AVX-512 kernels). Where the kind has no baseline,
+only the floors and the validity of the new run are checked, and the output says so.
+
+In either mode a case of NEW with no valid measurement fails the comparison, named with its
+reason. Everything here returns data; the CLI prints it.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.records import RATIOS, invalid_reason, is_rate, ratio_of
 from gpt2xl.errors import ConfigError, ResultError
 
 Mode = Literal["throughput", "ratios"]
 HIGHER_IS_BETTER = ("decode_tokens_per_s", "tokens_per_s")
 LOWER_IS_BETTER = ("prefill_s", "decode_s", "decode_s_per_token", "peak_memory_bytes")
+BASELINE_PREFIX = "gate-cpu-"  # <dir>/gate-cpu-<cpu kind>.json
 
 
 def parse_fraction(text: str) -> float:
@@ -43,18 +52,31 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def validate_floors(floors: dict[str, float]) -> dict[str, float]:
+    """``floors`` when every name is a ratio of :data:`bench.records.RATIOS` and every value a
+    finite number > 0; ConfigError naming the first bad one otherwise."""
+    for name, value in floors.items():
+        if name not in RATIOS:
+            raise ConfigError(f"Unknown ratio {name!r} in a floor; known ratios: {', '.join(RATIOS)}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"The floor of {name} must be a finite number > 0, got {value!r}.")
+    return floors
+
+
 def parse_floors(items: list[str]) -> dict[str, float]:
-    """``["cached_vs_reference_decode=2"]`` → ``{"cached_vs_reference_decode": 2.0}``."""
+    """``["cached_vs_reference_decode=2"]`` → ``{"cached_vs_reference_decode": 2.0}``, validated
+    (:func:`validate_floors`). ConfigError for anything else."""
     floors: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            floors[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             sep = ""
         if not sep or not name.strip():
             raise ConfigError(f"A floor is NAME=NUMBER (e.g. cached_vs_reference_decode=2), got {item!r}.")
-    return floors
+        floors[name.strip()] = number
+    return validate_floors(floors)
 
 
 def load_bench(path: str | Path) -> dict[str, Any]:
@@ -78,13 +100,44 @@ def load_bench(path: str | Path) -> dict[str, Any]:
 
 
 def case_metrics(doc: dict[str, Any], metric: str) -> dict[str, float]:
-    """``{case name: metric}`` for every case that recorded ``metric``."""
+    """``{case name: metric}`` for every valid case whose ``metric`` is a finite number > 0."""
     out = {}
     for bench in doc["benchmarks"]:
-        value = bench["extra_info"].get(metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        info = bench["extra_info"]
+        value = info.get(metric)
+        if invalid_reason(info) is None and is_rate(value):
             out[bench["name"]] = float(value)
     return out
+
+
+def invalid_entries(doc: dict[str, Any]) -> dict[str, str]:
+    """``{name: reason}`` for every measured case (and sampler of an interleaved case) that holds
+    no valid measurement: what the gate must fail on, by name."""
+    out: dict[str, str] = {}
+    for bench in doc["benchmarks"]:
+        info = bench["extra_info"]
+        if info.get("kind") not in ("throughput", "scaling", "ratios"):
+            continue
+        reason = invalid_reason(info)
+        if reason is not None:
+            out[bench["name"]] = reason
+        for sampler, record in (info.get("samplers") or {}).items():
+            reason = invalid_reason(record)
+            if reason is not None:
+                out[f"{bench['name']} [{sampler}]"] = reason
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RatioEntry:
+    """One ratio measured in a run: ``key`` (``<group>:<name>``) is what compare matches on;
+    ``group`` = (model, device, dtype, batch, prompt, new tokens) of the numerator's case."""
+
+    key: str
+    group: tuple
+    name: str
+    value: float
+    source: Literal["interleaved", "cases"]
 
 
 def _group_key(info: dict[str, Any]) -> str:
@@ -92,41 +145,58 @@ def _group_key(info: dict[str, Any]) -> str:
             f"-b{info.get('batch_size')}-p{info.get('prompt_len')}")
 
 
-def ratio_metrics(doc: dict[str, Any]) -> dict[str, float]:
-    """Speed ratios measured within the run, keyed ``<group>:<ratio name>``.
+def _group(info: dict[str, Any]) -> tuple:
+    return (info.get("model"), info.get("device"), info.get("dtype"), info.get("batch_size"), info.get("prompt_len"),
+            info.get("new_tokens"))
 
-    - From interleaved ratio cases (``kind == "ratios"``, the gate): their paired-round medians,
-      keyed by the case's group and new-token count.
-    - From separate throughput cases of the same model/device/dtype/batch/prompt:
-      ``ours_vs_hf_decode`` (cached vs hf at equal new tokens) and
-      ``cached_vs_reference_decode`` (the reference may run fewer tokens; its n is in the key),
-      ``split_vs_linear_decode`` (cached vs cached-linear: what split matmuls add).
+
+def ratio_entries(doc: dict[str, Any]) -> list[RatioEntry]:
+    """Every ratio of :data:`bench.records.RATIOS` measured within the run.
+
+    - Interleaved cases (``kind == "ratios"``): their paired-round medians, keyed
+      ``interleaved-<group>-n<new>:<name>``.
+    - Separate throughput cases of one model/device/dtype/batch/prompt: the numerator's and
+      denominator's case medians at equal new tokens, keyed ``<group>-n<new>:<name>``; the
+      reference may run fewer tokens, so its ratio is keyed ``<group>-n<new>-ref<its n>:<name>``.
+
+    Invalid cases and rates that are zero, negative or not finite give no ratio (never a division).
     """
-    out: dict[str, float] = {}
+    out: list[RatioEntry] = []
     groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for bench in doc["benchmarks"]:
         info = bench["extra_info"]
         if info.get("kind") == "ratios":
             for name, value in (info.get("ratios") or {}).items():
-                out[f"interleaved-{_group_key(info)}-n{info.get('new_tokens')}:{name}"] = float(value)
-        elif info.get("kind") == "throughput" and info.get("decode_tokens_per_s"):
+                if name in RATIOS and is_rate(value):
+                    key = f"interleaved-{_group_key(info)}-n{info.get('new_tokens')}:{name}"
+                    out.append(RatioEntry(key=key, group=_group(info), name=name, value=float(value), source="interleaved"))
+        elif info.get("kind") == "throughput":
             groups[_group_key(info)][info.get("sampler")].append(info)
-    for key, by_sampler in groups.items():
-        for cached in by_sampler.get("cached", []):
-            n = cached["new_tokens"]
-            for hf in by_sampler.get("hf", []):
-                if hf["new_tokens"] == n:
-                    out[f"{key}-n{n}:ours_vs_hf_decode"] = cached["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
-            for linear in by_sampler.get("cached-linear", []):
-                if linear["new_tokens"] == n:
-                    out[f"{key}-n{n}:split_vs_linear_decode"] = (
-                        cached["decode_tokens_per_s"] / linear["decode_tokens_per_s"]
-                    )
-            for ref in by_sampler.get("reference", []):
-                out[f"{key}-n{n}-ref{ref['new_tokens']}:cached_vs_reference_decode"] = (
-                    cached["decode_tokens_per_s"] / ref["decode_tokens_per_s"]
-                )
+    for gkey, by_sampler in groups.items():
+        for name, d in RATIOS.items():
+            for num in by_sampler.get(d.numerator, []):
+                n = num.get("new_tokens")
+                for den in by_sampler.get(d.denominator, []):
+                    if d.denominator == "reference":
+                        key = f"{gkey}-n{n}-ref{den.get('new_tokens')}:{name}"
+                    elif den.get("new_tokens") == n:
+                        key = f"{gkey}-n{n}:{name}"
+                    else:
+                        continue
+                    value = ratio_of(name, num, den)
+                    if value is not None:
+                        out.append(RatioEntry(key=key, group=_group(num), name=name, value=value, source="cases"))
     return out
+
+
+def ratio_metrics(doc: dict[str, Any]) -> dict[str, float]:
+    """``{<group>:<ratio name>: value}`` for every ratio measured within the run (see
+    :func:`ratio_entries`)."""
+    return {e.key: e.value for e in ratio_entries(doc)}
+
+
+Status = Literal["ok", "REGRESSION", "BELOW FLOOR", "INVALID", "MISSING", "only in old", "only in new", "no baseline"]
+FAILING: tuple[Status, ...] = ("REGRESSION", "BELOW FLOOR", "INVALID", "MISSING")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,13 +204,14 @@ class Row:
     name: str
     old: float | None
     new: float | None
-    status: Literal["ok", "REGRESSION", "BELOW FLOOR", "only in old", "only in new"]
+    status: Status
     floor: float | None = None
+    note: str | None = None  # why INVALID or MISSING
 
     @property
     def change(self) -> float | None:
         """Relative change new/old − 1 (positive = larger value)."""
-        if self.old is None or self.new is None or self.old == 0:
+        if not (is_rate(self.old) and is_rate(self.new)):
             return None
         return self.new / self.old - 1
 
@@ -152,10 +223,11 @@ class Comparison:
     max_slowdown: float
     higher_is_better: bool
     rows: tuple[Row, ...] = field(default_factory=tuple)
+    baseline_note: str | None = None  # which baseline was used, or why none
 
     @property
     def regressions(self) -> tuple[Row, ...]:
-        return tuple(r for r in self.rows if r.status in ("REGRESSION", "BELOW FLOOR"))
+        return tuple(r for r in self.rows if r.status in FAILING)
 
     @property
     def passed(self) -> bool:
@@ -163,32 +235,40 @@ class Comparison:
 
 
 def compare_docs(
-    old: dict[str, Any],
+    old: dict[str, Any] | None,
     new: dict[str, Any],
     *,
     max_slowdown: float,
     mode: Mode = "throughput",
     metric: str = "decode_tokens_per_s",
     floors: dict[str, float] | None = None,
+    baseline_note: str | None = None,
 ) -> Comparison:
     """Match OLD and NEW cases and flag every one that got slower by more than ``max_slowdown``
-    (a fraction: 0.1 = 10%). In ``ratios`` mode a ratio below ``floors[<ratio name>]`` fails too.
+    (a fraction: 0.1 = 10%). In ``ratios`` mode a ratio below ``floors[<ratio name>]`` fails too,
+    and so does a floor whose ratio the new run did not measure. A case of NEW with no valid
+    measurement always fails. ``old`` None (no baseline for this CPU kind): floors and validity only.
 
-    Raises ConfigError for an unknown metric and ResultError when the runs share no case.
+    Raises ConfigError for an unknown metric, a bad floor or floors outside ratios mode, and
+    ResultError when the runs share nothing to compare and NEW has no invalid case to report.
     """
     if not 0 <= max_slowdown < 1:
         raise ConfigError(f"max_slowdown must be a fraction in [0, 1), got {max_slowdown!r}.")
-    floors = floors or {}
+    floors = validate_floors(dict(floors or {}))
     if mode == "ratios":
-        old_values, new_values, higher = ratio_metrics(old), ratio_metrics(new), True
+        old_values, new_values, higher = (ratio_metrics(old) if old is not None else {}), ratio_metrics(new), True
         metric = "ratio"
     elif mode == "throughput":
         if metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
             raise ConfigError(f"Unknown metric {metric!r}; choose one of: {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}.")
-        old_values, new_values, higher = case_metrics(old, metric), case_metrics(new, metric), metric in HIGHER_IS_BETTER
+        if floors:
+            raise ConfigError("Floors apply to ratios; add --ratios or drop --floor.")
+        old_values = case_metrics(old, metric) if old is not None else {}
+        new_values, higher = case_metrics(new, metric), metric in HIGHER_IS_BETTER
     else:
         raise ConfigError(f"Unknown compare mode {mode!r}; use throughput or ratios.")
-    if not set(old_values) & set(new_values):
+    invalid = invalid_entries(new)
+    if old is not None and not set(old_values) & set(new_values) and not invalid:
         what = "ratio" if mode == "ratios" else f"case with {metric}"
         raise ResultError(
             f"The two runs share no {what} to compare (old: {len(old_values)}, new: {len(new_values)}); "
@@ -198,27 +278,72 @@ def compare_docs(
     for name in sorted(set(old_values) | set(new_values)):
         o, n = old_values.get(name), new_values.get(name)
         floor = floors.get(name.rsplit(":", 1)[-1]) if mode == "ratios" else None
-        if o is None:
-            status = "only in new"
+        if n is not None and floor is not None and n < floor:
+            status: Status = "BELOW FLOOR"
         elif n is None:
             status = "only in old"
-        elif floor is not None and n < floor:
-            status = "BELOW FLOOR"
+        elif old is None:
+            status = "ok" if floor is not None else "no baseline"
+        elif o is None:
+            status = "only in new"
         else:
             # Slowdown: the fraction of speed lost (higher-is-better) or of time added (lower).
             slowdown = (1 - n / o) if higher else (n / o - 1)
             status = "REGRESSION" if slowdown > max_slowdown else "ok"
         rows.append(Row(name=name, old=o, new=n, status=status, floor=floor))
-    return Comparison(mode=mode, metric=metric, max_slowdown=max_slowdown, higher_is_better=higher, rows=tuple(rows))
+    measured = {name.rsplit(":", 1)[-1] for name in new_values}
+    for name, floor in sorted(floors.items()):
+        if name not in measured:
+            rows.append(Row(name=f"*:{name}", old=None, new=None, status="MISSING", floor=floor,
+                            note="the new run measured no such ratio"))
+    for name, reason in sorted(invalid.items()):
+        rows.append(Row(name=name, old=None, new=None, status="INVALID", note=reason))
+    return Comparison(mode=mode, metric=metric, max_slowdown=max_slowdown, higher_is_better=higher, rows=tuple(rows),
+                      baseline_note=baseline_note)
+
+
+def cpu_kind(doc: dict[str, Any]) -> str | None:
+    """The CPU kind a run recorded (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, …)."""
+    kind = (doc.get("machine_info") or {}).get("gpt2xl", {}).get("cpu_capability")
+    return str(kind) if kind else None
+
+
+def resolve_baseline(old: str | Path, new_doc: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The baseline document for ``new_doc`` and a sentence saying which (or why none).
+
+    ``old`` a file: that file (the sentence warns when its CPU kind differs from the new run's).
+    ``old`` a directory: ``<dir>/gate-cpu-<kind>.json`` for the new run's CPU kind, or None when
+    the directory holds none for that kind (then only floors and validity are checked)."""
+    old = Path(old)
+    kind = cpu_kind(new_doc)
+    if old.is_dir():
+        if kind is None:
+            return None, f"the new run records no CPU kind, so no baseline was picked from {old}: checking floors and validity only"
+        path = old / f"{BASELINE_PREFIX}{kind}.json"
+        if not path.is_file():
+            have = sorted(p.stem.removeprefix(BASELINE_PREFIX) for p in old.glob(f"{BASELINE_PREFIX}*.json"))
+            return None, (f"no baseline for CPU kind {kind} in {old} (have: {', '.join(have) or 'none'}): "
+                          "checking floors and validity only")
+        return load_bench(path), f"baseline {path} (CPU kind {kind})"
+    doc = load_bench(old)
+    old_kind = cpu_kind(doc)
+    if old_kind and kind and old_kind != kind:
+        return doc, (f"baseline {old} was measured on CPU kind {old_kind}, this run on {kind}: its ratios may not "
+                     "carry over; keep one baseline per kind in a directory")
+    return doc, f"baseline {old}"
 
 
 def compare_files(old: str | Path, new: str | Path, **kwargs: Any) -> Comparison:
-    """:func:`compare_docs` on two ``bench.json`` files (ResultError when one is unreadable)."""
-    return compare_docs(load_bench(old), load_bench(new), **kwargs)
+    """:func:`compare_docs` on two ``bench.json`` files, OLD a file or a directory of per-CPU-kind
+    baselines (:func:`resolve_baseline`). ResultError when a file is unreadable."""
+    new_doc = load_bench(new)
+    old_doc, note = resolve_baseline(old, new_doc)
+    return compare_docs(old_doc, new_doc, baseline_note=note, **kwargs)
 
 
 def format_table(comparison: Comparison) -> str:
-    """Side-by-side Markdown-ish table: name, old, new, change %, status, then a verdict line."""
+    """The baseline line, a side-by-side Markdown-ish table (name, old, new, change %, status),
+    then a verdict line naming every invalid case."""
     def fmt(v: float | None) -> str:
         return "—" if v is None else f"{v:.4g}"
 
@@ -227,24 +352,28 @@ def format_table(comparison: Comparison) -> str:
     for r in comparison.rows:
         change = "—" if r.change is None else f"{r.change * 100:+.1f}%"
         status = r.status if r.floor is None else f"{r.status} (floor {r.floor:g})"
+        if r.note:
+            status += f": {r.note}"
         lines.append([r.name, fmt(r.old), fmt(r.new), change, status])
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = []
+    out = [comparison.baseline_note] if comparison.baseline_note else []
     for i, row in enumerate(lines):
         out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
         if i == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     direction = "higher is better" if comparison.higher_is_better else "lower is better"
-    n_bad = len(comparison.regressions)
-    verdict = (
-        f"PASS: no case slower than {comparison.max_slowdown * 100:g}% ({direction})"
-        if n_bad == 0
-        else f"FAIL: {n_bad} case(s) slower than {comparison.max_slowdown * 100:g}% or below a floor ({direction})"
-    )
+    bad = comparison.regressions
+    if not bad:
+        verdict = f"PASS: no case slower than {comparison.max_slowdown * 100:g}% ({direction}), none invalid"
+    else:
+        counts = ", ".join(f"{sum(r.status == s for r in bad)} {s}" for s in FAILING if any(r.status == s for r in bad))
+        invalid = [f"{r.name} ({r.note})" for r in bad if r.status == "INVALID"]
+        verdict = (f"FAIL: {counts} (tolerance {comparison.max_slowdown * 100:g}%, {direction})"
+                   + (f"; invalid: {'; '.join(invalid)}" if invalid else ""))
     return "\n".join(out) + "\n" + verdict
 
 
 def geometric_mean_change(comparison: Comparison) -> float | None:
     """The geometric mean of new/old over matched cases (None if none), for a one-line summary."""
-    ratios = [r.new / r.old for r in comparison.rows if r.old and r.new]
+    ratios = [r.new / r.old for r in comparison.rows if is_rate(r.old) and is_rate(r.new)]
     return math.exp(statistics.fmean(math.log(x) for x in ratios)) - 1 if ratios else None

@@ -1,9 +1,11 @@
 """End to end: `python -m bench --profile smoke` on random:tiny writes bench.json with every
-metric, a Markdown report and both plots; CUDA cases are skipped with a reason."""
+metric, a Markdown report and both plots; CUDA cases are skipped with a reason. Then the report on
+hand-made documents: degenerate timings, spreads, the roofline basis, the ratio table and targets."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bench.profiles import SAMPLERS
+
 REPO = Path(__file__).resolve().parents[1]
 METRICS = (
-    "prefill_s", "decode_tokens_per_s", "tokens_per_s", "peak_memory_bytes", "weight_bytes",
-    "achieved_bytes_per_s", "roofline_fraction", "weights_label", "sampler", "dtype", "device",
+    "prefill_s", "decode_tokens_per_s", "tokens_per_s", "peak_memory_bytes", "weight_bytes", "achieved_bytes_per_s",
+    "roofline_fraction", "weights_label", "sampler", "dtype", "device", "valid", "invalid_reason", "spread_kind",
+    "prefill_s_spread", "decode_tokens_per_s_spread", "tokens_per_s_spread", "kernels", "tuning_s",
 )
 
 
@@ -23,7 +28,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     run_dir = tmp_path_factory.mktemp("bench-smoke")
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--profile", "smoke", "--model", "random:tiny", "--run-dir", str(run_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     return run_dir, proc
 
@@ -34,22 +39,38 @@ def test_smoke_run_writes_json_markdown_and_plots(smoke_run) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((run_dir / "bench.json").read_text())
     infos = [b["extra_info"] for b in doc["benchmarks"]]
-    # smoke pins one thread: nothing to split over, so cached-linear is skipped and split is off
-    assert {i["sampler"] for i in infos} == {"reference", "cached", "hf"}
-    assert not any(i["split"] for i in infos)
-    assert "cached-linear would repeat the cached case" in proc.stdout
+    samplers = {i["sampler"] for i in infos}
+    assert {"reference", "cached", "hf"} <= samplers <= set(SAMPLERS) - {"compiled"}
     assert {i["kind"] for i in infos} == {"throughput", "scaling", "ratios"}
+    md = (run_dir / "bench.md").read_text()
     for info in infos:
         for key in METRICS:
             assert key in info, key
-        assert info["decode_tokens_per_s"] > 0 and 0 < info["roofline_fraction"]
         assert info["weights_random"] is True and "RANDOM" in info["weights_label"]
+        for record in (info, *(info.get("samplers") or {}).values()):
+            if record["valid"]:  # a rate is never zero, negative or NaN, and no fraction exceeds 1
+                assert record["decode_tokens_per_s"] > 0 and record["prefill_s"] > 0
+                assert 0 < record["roofline_fraction"] <= 1
+            else:
+                assert record["decode_tokens_per_s"] is None and f"invalid ({record['invalid_reason']})" in md
+    ratio_cases = [i for i in infos if i["kind"] == "ratios"]
+    for info in ratio_cases:  # every sampler that could not run says why
+        assert {"reference", "cached", "hf"} <= set(info["samplers"])
+        assert set(info["samplers"]) | set(info["samplers_skipped"]) == {"reference", "cached", "hf", "cached-plain", "llamacpp"}
+        assert info["spread_kind"] == "min-max"  # 2 timed rounds
     machine = doc["machine_info"]["gpt2xl"]
-    assert machine["bandwidth"]["cpu"]["read_bytes_per_s"] > 0
+    probes = machine["bandwidth_probes"]
+    assert probes[0]["label"].startswith("start") and probes[-1]["label"] == "end" and len(probes) >= 3
+    assert set(probes[0]["rates"]) == {"sum", "threaded-dot", "copy"}
+    assert set(machine["bandwidth_summary"]["cpu"]["sum"]) == {"n", "median", "min", "max", "spread"}
+    basis = machine["roofline_basis"]["cpu"]
+    assert basis["bytes_per_s"] >= max(i["achieved_bytes_per_s"] or 0 for i in infos)
+    assert basis["source"].startswith(("probe ", "engine "))
+    assert "llamacpp" in machine["peers"] and isinstance(machine["cpu_flags"], list)
     for key in ("git_sha", "torch", "transformers", "cpu", "torch_threads", "ram_bytes"):
         assert key in machine["environment"]
-    md = (run_dir / "bench.md").read_text()
-    assert "**RANDOM weights" in md
+    assert "**RANDOM weights" in md and "Roofline basis (cpu)" in md and " ± " in md
+    assert "### Kernel choices (autotune)" in md and "### Ratios" in md
     assert "bench_tokens_per_s.png" in md and "bench_decode_scaling.png" in md
     for png in ("bench_tokens_per_s.png", "bench_decode_scaling.png"):
         assert (run_dir / png).stat().st_size > 1000
@@ -80,20 +101,129 @@ def test_bench_report_command_rerenders(smoke_run) -> None:
     assert (run_dir / "bench.md").is_file()
 
 
+def _info(sampler: str, decode: float | None, *, dtype: str = "fp32", **extra) -> dict:
+    return {
+        "kind": "throughput", "sampler": sampler, "model": "gpt2-xl", "weights_label": "pretrained gpt2-xl",
+        "weights_random": False, "device": "cpu", "device_name": "AMD EPYC", "dtype": dtype, "batch_size": 1,
+        "prompt_len": 16, "new_tokens": 32, "prefill_s": 0.6, "decode_tokens_per_s": decode, "tokens_per_s": 3.3,
+        "peak_memory_bytes": 6.5e9, "weight_bytes": 6.4e9,
+        "achieved_bytes_per_s": 6.4e9 * decode if isinstance(decode, float) and decode > 0 else None, **extra,
+    }
+
+
+def _report_doc(*infos: dict, probes: tuple[float, ...] = (40e9, 42e9), native_bf16: bool = True) -> dict:
+    machine = {"gpt2xl": {
+        "cpu_capability": "AVX512", "cpu_flags": ["avx2", "avx512_bf16", "avx512f"],
+        "cpu_native": {"bf16": native_bf16, "fp16": False},
+        "bandwidth_probes": [
+            {"label": f"p{i}", "device": "cpu", "measured_at": f"t{i}", "rates": {"sum": v, "threaded-dot": v * 0.9, "copy": v * 0.7}}
+            for i, v in enumerate(probes)
+        ],
+    }}
+    return {"machine_info": machine, "benchmarks": [{"name": f"case{i}", "extra_info": info} for i, info in enumerate(infos)]}
+
+
 def test_render_from_a_minimal_document(tmp_path: Path) -> None:
     from gpt2xl_app.bench_report import render_bench_section
 
-    info = {
-        "kind": "throughput", "sampler": "cached", "model": "gpt2-xl", "weights_label": "pretrained gpt2-xl",
-        "weights_random": False, "device": "cpu", "dtype": "fp32", "batch_size": 1, "prompt_len": 16,
-        "new_tokens": 32, "prefill_s": 0.6, "decode_tokens_per_s": 3.5, "tokens_per_s": 3.3,
-        "peak_memory_bytes": 6.5e9, "weight_bytes": 6.4e9, "achieved_bytes_per_s": 22e9, "roofline_fraction": 0.47,
-        "weight_layout": "in_out",
-    }
-    md = render_bench_section({"machine_info": {}, "benchmarks": [{"name": "x", "extra_info": info}]}, tmp_path)
+    md = render_bench_section(_report_doc(_info("cached", 3.5)), tmp_path)
     assert "pretrained gpt2-xl" in md and "**RANDOM" not in md
-    assert "47%" in md and "NOT met" in md  # the 70% roofline target, reported
+    assert "| 3.50 |" in md and "| 53% |" in md  # 22.4 GB/s of the 42 GB/s best probe
+    assert "avx512_bf16" in md and "bf16 native" in md  # CPU flags beside the speeds
+    assert "Roofline basis (cpu): **42.0 GB/s**" in md and "probe sum (p1, t1)" in md
+    assert "Noisy machine" not in md  # 42 / 40 - 1 = 5%
     assert (tmp_path / "bench_tokens_per_s.png").is_file()
+
+
+def test_medians_with_their_spread(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    info = _info("cached", 6.0, decode_tokens_per_s_spread=6.5, prefill_s_spread=0.02, tokens_per_s_spread=0.25,
+                 spread_kind="iqr")
+    md = render_bench_section(_report_doc(info), tmp_path)
+    assert "| 600 ± 20 | 6.00 ± 6.50 | 3.30 ± 0.25 |" in md
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, math.nan, None])
+def test_degenerate_timings_render_as_invalid_and_are_not_plotted(tmp_path: Path, monkeypatch, bad) -> None:
+    from matplotlib.axes import Axes
+
+    from gpt2xl_app.bench_report import render_bench_section
+
+    heights: list[float] = []
+    bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, *a, **k: heights.extend(h) or bar(self, x, h, *a, **k))
+    recorded = {**_info("llamacpp", None), "valid": False, "invalid_reason": "no valid round of 2: decode time 0.0 s"}
+    doc = _report_doc(_info("cached", 3.5), _info("hf", bad), recorded)
+    md = render_bench_section(doc, tmp_path)  # no ZeroDivisionError anywhere: table, ratios, targets, plot
+    assert "| 3.50 |" in md
+    assert "invalid (decode_tokens_per_s = " in md or "invalid (no decode rate recorded)" in md
+    assert "invalid (no valid round of 2: decode time 0.0 s)" in md
+    assert "ours vs HF" not in md and "ours vs llama.cpp" not in md  # no ratio from an invalid case
+    assert heights == [3.5]  # only the measured case is drawn: never a 0.00 bar
+
+
+def test_skipped_sampler_is_left_out_of_its_group(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.axes import Axes
+
+    from gpt2xl_app.bench_report import _plot_tokens
+
+    heights: list[float] = []
+    bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, *a, **k: heights.extend(h) or bar(self, x, h, *a, **k))
+    # fp32 has three samplers, bf16 only one (the others were skipped): nothing is drawn for them
+    cases = [_info("cached", 3.0), _info("hf", 2.0), _info("llamacpp", 4.0), _info("cached", 5.0, dtype="bf16")]
+    assert _plot_tokens(cases, tmp_path / "p.png")
+    assert sorted(heights) == [2.0, 3.0, 4.0, 5.0]
+    assert not _plot_tokens([{**_info("hf", None), "valid": False}], tmp_path / "q.png")
+
+
+def test_fraction_never_exceeds_one_when_an_engine_beats_every_probe(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    ours = _info("cached", 6.0)  # 38.4 GB/s
+    peer = {**_info("llamacpp", 10.0), "weight_bytes": 6.3e9, "achieved_bytes_per_s": 63e9}
+    md = render_bench_section(_report_doc(ours, peer, probes=(40e9, 48e9)), tmp_path)
+    assert "Roofline basis (cpu): **63.0 GB/s**" in md and "engine llamacpp" in md
+    assert "| 100% |" in md and "| 61% |" in md  # 38.4 / 63
+    assert "Highest roofline fraction: **100%**" in md and "none above 100%: met" in md
+
+
+def test_noisy_machine_is_flagged_in_words(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    md = render_bench_section(_report_doc(_info("cached", 3.5), probes=(40e9, 81e9, 48e9)), tmp_path)
+    assert "**Noisy machine**" in md and "varied by 102%" in md  # 81 / 40 - 1
+
+
+def test_ratio_table_and_targets_against_llamacpp_and_hf(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    cases = [
+        _info("cached", 8.0, prefill_s=0.3), _info("llamacpp", 10.0, prefill_s=0.6), _info("hf", 3.6),
+        _info("cached", 16.0, dtype="bf16", prefill_s=0.2), _info("llamacpp", 16.0, dtype="bf16", prefill_s=0.14),
+    ]
+    md = render_bench_section(_report_doc(*cases), tmp_path)
+    assert "| gpt2-xl cpu fp32 b1 p16 n32 | separate cases | **0.80×** | **2.00×** | **2.22×** |" in md
+    assert "ours vs llama.cpp decode = **0.80×** (target ≥ 1.0×: NOT met, 20% short" in md
+    assert "ours vs llama.cpp prefill of 16 tokens = **2.00×** (target ≥ 1.0×: met" in md
+    assert "ours vs HF `generate` decode = **2.22×** (target ≥ 2×: met" in md
+    assert "bf16, prompt 16, 32 new: ours vs llama.cpp decode = **1.00×** (target ≥ 1.0×: met" in md
+    assert "our bf16 vs our fp32 decode = **2.00×** (target ≥ 1.8×: met)" in md
+    emulated = render_bench_section(_report_doc(*cases, native_bf16=False), tmp_path)
+    assert "not a target: bf16 is not native on this CPU" in emulated and "bf16 is emulated on this CPU" in emulated
+
+
+def test_kernel_choices_section(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    kernels = {"mode": "cached", "cache_hit": True, "tuning_s": 4.2, "key": {"cpu": "AMD EPYC", "threads": 2}, "choices": [
+        {"name": "h.*.mlp.c_fc", "shape": [6400, 1600], "layout": "out_in", "decode": "gemv", "prefill": "linear",
+         "candidates": {"gemv": 61.5, "linear": 19.4, "split": 27.0}}]}
+    md = render_bench_section(_report_doc(_info("cached", 6.0, kernels=kernels, kernels_used=True)), tmp_path)
+    assert "- gpt2-xl cpu fp32: mode `cached`, cache hit, tuning 4.2 s; key cpu=AMD EPYC, threads=2" in md
+    assert "| h.*.mlp.c_fc | 6400 × 1600 | out_in | gemv | linear | gemv 61.5, split 27.0, linear 19.4 |" in md
+    assert "autotune cached (cache hit)" in md
 
 
 def test_cuda_targets_are_reported_from_compiled_and_hf_cases(tmp_path: Path) -> None:
@@ -102,19 +232,18 @@ def test_cuda_targets_are_reported_from_compiled_and_hf_cases(tmp_path: Path) ->
     base = {
         "kind": "throughput", "model": "gpt2-xl", "weights_label": "x", "weights_random": True, "device": "cuda",
         "device_name": "NVIDIA H100", "dtype": "fp16", "batch_size": 1, "prompt_len": 16, "new_tokens": 32,
-        "prefill_s": 0.02, "tokens_per_s": 1.0, "weight_bytes": 3.2e9, "roofline_fraction": 0.1,
+        "prefill_s": 0.02, "tokens_per_s": 1.0, "weight_bytes": 3.2e9,
     }
     compiled = {**base, "sampler": "compiled", "decode_tokens_per_s": 400.0, "achieved_bytes_per_s": 1.28e12}
     hf = {**base, "sampler": "hf", "decode_tokens_per_s": 50.0, "achieved_bytes_per_s": 1.6e11}
     doc = {
-        "machine_info": {"gpt2xl": {"bandwidth": {"cuda": {
-            "read_bytes_per_s": 3.2e12, "copy_bytes_per_s": 2.8e12, "read_method": "sum", "copy_method": "copy",
-            "repeats": 5}}}},
+        "machine_info": {"gpt2xl": {"bandwidth_probes": [{"label": "start", "device": "cuda:0", "measured_at": "t",
+                                                          "rates": {"sum": 3.2e12, "threaded-dot": 3.0e12, "copy": 2.8e12}}]}},
         "benchmarks": [{"name": "c", "extra_info": compiled}, {"name": "h", "extra_info": hf}],
     }
     md = render_bench_section(doc, tmp_path)
-    assert "compiled decode vs HF `generate` = **8.00×** (target ≥ 3×: met)" in md  # 400 / 50
-    assert "**40%** of the HBM read roofline (3200 GB/s measured) (target ≥ 50%: NOT met)" in md  # 1.28 / 3.2
+    assert "compiled decode vs HF `generate` = **8.00×** (target ≥ 3×: met" in md  # 400 / 50
+    assert "compiled decode at **40%** of the read roofline (3200 GB/s) (target ≥ 60%: NOT met)" in md  # 1.28 / 3.2
 
 
 def test_write_bench_report_without_json_is_a_result_error(tmp_path: Path) -> None:

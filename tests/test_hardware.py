@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import pytest
 import torch
 
 from gpt2xl.errors import ConfigError
 from gpt2xl.hardware import (
+    PROBE_METHODS,
     BandwidthProbe,
     cpu_peak_method,
     measure_memory_bandwidth,
@@ -18,13 +20,27 @@ from gpt2xl.hardware import (
 
 
 def test_bandwidth_probe_small() -> None:
+    threads = torch.get_num_threads()
     probe = measure_memory_bandwidth(device="cpu", nbytes=16 << 20, repeats=3)
     assert isinstance(probe, BandwidthProbe)
-    assert probe.nbytes == 16 << 20 and probe.repeats == 3
-    for value in (probe.read_bytes_per_s, probe.copy_bytes_per_s):
+    assert probe.nbytes == 16 << 20 and probe.repeats == 3 and probe.threads == threads
+    assert torch.get_num_threads() == threads  # the threaded dot restores torch's thread count
+    rates = probe.rates()
+    assert set(rates) == set(PROBE_METHODS) == {"sum", "threaded-dot", "copy"}
+    for value in rates.values():
         assert math.isfinite(value) and value > 0
-    assert "sum" in probe.read_method and "copy" in probe.copy_method
-    assert probe.to_dict()["read_bytes_per_s"] == probe.read_bytes_per_s
+    assert probe.best_bytes_per_s == max(rates.values()) and rates[probe.best_method] == probe.best_bytes_per_s
+    d = probe.to_dict()
+    assert d["rates"] == rates and datetime.fromisoformat(d["measured_at"]).tzinfo is not None
+    assert "sum" in d["methods"]["sum"] and "torch.dot" in d["methods"]["threaded-dot"] and "copy" in d["methods"]["copy"]
+
+
+def test_probe_rejects_unusable_rates() -> None:
+    fields = dict(device="cpu", nbytes=1 << 20, repeats=1, threads=1, measured_at="t", sum_bytes_per_s=1e9,
+                  dot_bytes_per_s=1e9, copy_bytes_per_s=1e9)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError):
+            BandwidthProbe(**{**fields, "dot_bytes_per_s": bad})
 
 
 def test_bandwidth_probe_rejects_bad_sizes() -> None:

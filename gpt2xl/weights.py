@@ -33,8 +33,9 @@ import torch
 from gpt2xl.config import GPTConfig, get_preset
 from gpt2xl.devices import check_dtype_supported, dtype_name, resolve_device, resolve_dtype
 from gpt2xl.errors import ConfigError, WeightsError
+from gpt2xl.hugepages import advise_huge_pages
 from gpt2xl.autotune import TuneReport, check_mode, tune
-from gpt2xl.model import GPT, KernelPlan, ProjectionPlan, StorageLayout, init_random_, plain_plan
+from gpt2xl.model import GPT, KernelPlan, ProjectionPlan, StorageLayout, init_random_
 
 HUB_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -194,11 +195,6 @@ def _with_layout(plan: KernelPlan, layout: StorageLayout) -> KernelPlan:
     }
 
 
-def _kind_of(key: str) -> str:
-    """``transformer.h.3.mlp.c_fc.weight`` -> ``mlp.c_fc``."""
-    return ".".join(key.split(".")[-3:-1])
-
-
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
@@ -207,7 +203,7 @@ def _looks_like_hub_id(spec: str) -> bool:
 def _empty_model(config: GPTConfig, device: torch.device, dtype: torch.dtype, plan: KernelPlan) -> GPT:
     """A model with uninitialised storage, allocated once, directly in ``dtype``, in each
     projection's planned layout and on ``device`` (re-laying out filled weights later would cost
-    a second pass over every byte)."""
+    a second pass over every byte), on transparent huge pages where the OS grants them."""
     with torch.device("meta"):
         model = GPT(config).to(dtype)
     model.to_empty(device=device)
@@ -217,6 +213,8 @@ def _empty_model(config: GPTConfig, device: torch.device, dtype: torch.dtype, pl
             for lin in projs:
                 storage = torch.empty(lin.in_features, lin.out_features, device=device, dtype=dtype)
                 lin.weight = torch.nn.Parameter(storage.t(), requires_grad=False)
+    for p in model.parameters():  # untouched so far: the first write faults in huge pages
+        advise_huge_pages(p)
     return model
 
 
@@ -291,8 +289,8 @@ def _load_hf_directory(
     directory: Path, config: GPTConfig, device: torch.device, dtype: torch.dtype, plan: KernelPlan
 ) -> tuple[GPT, list[Path]]:
     files, tensors = _open_weight_files(directory)
-    model = _empty_model(config, device, dtype, plain_plan())  # Conv1D weights are replaced, not copied into
-    _copy_hf_tensors(model, tensors, device=device, dtype=dtype, plan=plan, where=str(directory))
+    model = _empty_model(config, device, dtype, plan)
+    _copy_hf_tensors(model, tensors, device=device, dtype=dtype, where=str(directory))
     return model, files
 
 
@@ -350,10 +348,9 @@ def _copy_hf_tensors(
     *,
     device: torch.device,
     dtype: torch.dtype,
-    plan: KernelPlan,
     where: str,
 ) -> None:
-    """Move checkpoint tensors into ``model``'s parameters, transposing Conv1D weights.
+    """Copy checkpoint tensors into ``model``'s parameters, transposing Conv1D weights.
 
     Collects every problem (unexpected, missing, wrong shape) before raising, so one error message
     names them all.
@@ -382,12 +379,9 @@ def _copy_hf_tensors(
             continue
         value = tensor.to(device=device, dtype=dtype)
         with torch.no_grad():
-            if conv1d:
-                # value is [in, out]; its transpose is the [out, in] parameter, already in in_out layout.
-                value = value.t() if plan[_kind_of(key)].layout == "in_out" else value.t().contiguous()
-                param.data = value
-            else:
-                param.copy_(value)
+            # Conv1D tensors are [in, out]: their transpose is the [out, in] parameter, whatever
+            # storage layout the plan gave it.
+            param.copy_(value.t() if conv1d else value)
         seen.add(key)
     missing = sorted(expected - seen)
     problems = []

@@ -206,6 +206,39 @@ def _window(
     return window, positions, mask[:, None]  # (B, 1, W, W)
 
 
+def prefill(model: GPT, seq: torch.Tensor, pad: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    """Logits (B, V) of the token after each left-padded prompt in ``seq`` (B, T); fills ``cache``.
+    Only the last ``block_size`` columns are run; only the last position's logits are computed."""
+    window, positions, mask = _window(seq, pad, model.config.block_size)
+    return model(window, cache=cache, positions=positions, attn_mask=mask, last_only=True)[:, -1, :]
+
+
+def decode_one_token(
+    model: GPT, token: torch.Tensor, *, cache: KVCache, pos: int, pad: torch.Tensor, key_ok: torch.Tensor | None
+) -> torch.Tensor:
+    """Logits (B, V) after ``token`` (B, 1), written at padded column ``pos`` of ``cache``.
+    ``key_ok`` (B, S) marks real (non-pad) columns; None when no row is padded."""
+    positions = (pos - pad)[:, None] if key_ok is not None else None  # (B, 1): ids from each row's first token
+    mask = key_ok[:, None, None, : pos + 1] if key_ok is not None else None  # (B, 1, 1, pos+1)
+    return model(token, cache=cache, start_pos=pos, positions=positions, attn_mask=mask)[:, -1, :]
+
+
+def rewindow(model: GPT, seq: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Past the context a cache cannot shift positions: logits (B, V) from a full forward over the
+    last ``block_size`` columns of ``seq`` (B, L), exactly as the reference loop computes them."""
+    return prefill(model, seq, pad, cache=None)
+
+
+def _check_static(static: StaticDecoder, model: GPT, batch_size: int, cache_len: int) -> None:
+    if static.model is not model:
+        raise ConfigError("This StaticDecoder was built for another model; build one for this model.")
+    if static.batch_size != batch_size or static.max_len < cache_len:
+        raise ConfigError(
+            f"This StaticDecoder holds {static.batch_size} rows x {static.max_len} cache slots; this call needs "
+            f"{batch_size} rows and at least {cache_len} slots (size it with static_cache_len)."
+        )
+
+
 @torch.inference_mode()
 def generate(
     model: GPT,
@@ -217,10 +250,11 @@ def generate(
 ) -> GenerationOutput:
     """KV-cached sampling for a batch of prompts of any lengths (left-padded internally).
 
-    Prefill runs the prompts once and fills the cache; each later step runs one token per row.
-    Once a row's sequence would exceed the context, the cache cannot shift positions, so from
-    then on each step re-runs the last ``block_size`` tokens, exactly as the reference loop does:
-    outputs are identical to ``generate_reference`` for the same generator state.
+    :func:`prefill` runs the prompts once and fills the cache; each later step is one
+    :func:`decode_one_token` per row. Once a row's sequence would exceed the context, the cache
+    cannot shift positions, so from then on each step is a :func:`rewindow` over the last
+    ``block_size`` tokens, exactly as the reference loop does: outputs are identical to
+    ``generate_reference`` for the same generator state.
 
     ``static``: decode through a :class:`~gpt2xl.static_decode.StaticDecoder` (fixed shapes, for
     CUDA graphs) built for this batch size and at least ``prompt + max_new_tokens - 1`` slots of
@@ -240,23 +274,15 @@ def generate(
     cache_len = min(T + cfg.max_new_tokens - 1, block_size)  # the last sampled token is never fed back
     if static is None:
         cache: KVCache | None = model.new_cache(batch_size=B, max_len=cache_len)
-    elif static.model is not model:
-        raise ConfigError("This StaticDecoder was built for another model; build one for this model.")
-    elif static.batch_size != B or static.max_len < cache_len:
-        raise ConfigError(
-            f"This StaticDecoder holds {static.batch_size} rows x {static.max_len} cache slots; this call needs "
-            f"{B} rows and at least {cache_len} slots (size it with static_cache_len)."
-        )
     else:
+        _check_static(static, model, B, cache_len)
         cache = static.cache
         static_pos = torch.full((1,), T, dtype=torch.long, device=device)  # (1,): tracks pos below
-    padded = bool(pad.any())
-    key_ok = torch.arange(cache_len, device=device)[None, :] >= pad[:, None]  # (B, S) used when padded
+    key_ok = torch.arange(cache_len, device=device)[None, :] >= pad[:, None] if bool(pad.any()) else None  # (B, S)
 
     synchronize(device)
     t0 = time.perf_counter()
-    window, positions, mask = _window(seq, pad, block_size)
-    logits = model(window, cache=cache, positions=positions, attn_mask=mask, last_only=True)[:, -1, :]  # (B, V)
+    logits = prefill(model, seq, pad, cache)
     t_first = t0
     step = 0
     while True:
@@ -276,16 +302,10 @@ def generate(
             logits = static.step(next_id[:, None], static_pos, pad)  # (B, V)
             static_pos += 1
         elif cache is not None and pos < block_size:
-            step_positions = (pos - pad)[:, None] if padded else None  # (B, 1)
-            step_mask = key_ok[:, None, None, : pos + 1] if padded else None  # (B, 1, 1, pos+1)
-            logits = model(
-                next_id[:, None], cache=cache, start_pos=pos, positions=step_positions, attn_mask=step_mask
-            )[:, -1, :]
-        else:  # past the context window: recompute the cropped window like the reference loop
+            logits = decode_one_token(model, next_id[:, None], cache=cache, pos=pos, pad=pad, key_ok=key_ok)
+        else:
             cache = None
-            full = torch.cat([seq, new[:, :step]], dim=1)  # (B, T + step)
-            window, positions, mask = _window(full, pad, block_size)
-            logits = model(window, positions=positions, attn_mask=mask, last_only=True)[:, -1, :]
+            logits = rewindow(model, torch.cat([seq, new[:, :step]], dim=1), pad)  # (B, T + step) in
     synchronize(device)
     t_end = time.perf_counter()
     return _finish(new[:, :step], cropped, cfg, t_first - t0, t_end - t_first)

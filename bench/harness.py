@@ -574,11 +574,10 @@ def measure_case(benchmark, state: BenchState, case: Case, *, rounds: int, warmu
     return metrics
 
 
-def ratio_samplers(case: Case) -> list[str]:
+def ratio_samplers(profile: Profile, case: Case) -> list[str]:
     """The samplers an interleaved run takes in turn, in order (those that cannot run are left out
     with their reason)."""
-    samplers = ["reference", "cached", "hf", "cached-plain", "llamacpp"]
-    return samplers + (["compiled"] if case.device == "cuda" else [])
+    return [*profile.ratio_samplers, *(["compiled"] if case.device == "cuda" else [])]
 
 
 def measure_ratios(benchmark, state: BenchState, case: Case) -> dict[str, Any]:
@@ -589,7 +588,7 @@ def measure_ratios(benchmark, state: BenchState, case: Case) -> dict[str, Any]:
     _require_finite(entry, case)
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
-    for sampler in ratio_samplers(case):
+    for sampler in ratio_samplers(state.profile, case):
         try:
             runners[sampler] = make_runner(entry, case, seed=state.seed, sampler=sampler)
         except SamplerUnavailable as exc:

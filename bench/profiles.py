@@ -90,6 +90,8 @@ class Profile:
     # interleaved ratio measurement (gate): rounds of every sampler in turn (0: none)
     ratio_rounds: int = 0
     ratio_point: tuple[int, int, int] = (1, 16, 32)  # batch, prompt_len, new_tokens
+    # the samplers taking turns in each interleaved round (CUDA adds "compiled")
+    ratio_samplers: tuple[str, ...] = ("reference", "cached", "hf", "cached-plain", "llamacpp")
     # bandwidth probe buffer at the start and end of the run; None: 2 GiB on CPU (capped by free
     # RAM). Probes between models use at most BETWEEN_PROBE_BYTES.
     probe_bytes: int | None = None
@@ -176,7 +178,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
         description=("gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8): "
-                     "ours tuned and plain, HF, llama.cpp (+q8_0) when installed, + sweep on gpt2: ~10 min"),
+                     "ours tuned and plain, HF, llama.cpp (+q8_0) when installed, then ours / llama.cpp / HF interleaved, + sweep on gpt2: ~12 min"),
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
         points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("cached-plain", 1, 16, 32), ("compiled", 1, 16, 32),
@@ -186,6 +188,10 @@ PROFILES: dict[str, Profile] = {
         scaling_model="random:gpt2",
         scaling_new_tokens=(16, 32, 64, 128),
         scaling_rounds=1,
+        # ours, llama.cpp and HF taking turns: the ratios the targets are judged on, taken in the
+        # same minutes (this machine's bandwidth changes state from minute to minute)
+        ratio_rounds=3,
+        ratio_samplers=("cached", "llamacpp", "hf"),
         skip_emulated_cpu_dtypes=True,
     ),
     "full": Profile(

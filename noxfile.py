@@ -27,9 +27,20 @@ SHARED = ROOT.parent / "shared"
 DATA_DIR = os.environ.get("GPT2XL_DATA_DIR", str(SHARED / "data"))
 
 
+PEERS = os.environ.get("GPT2XL_PEERS", "1") != "0"  # GPT2XL_PEERS=0: no llama.cpp build
+
+
 def _install(session: nox.Session) -> None:
     session.install(*shlex.split(TORCH_SPEC))
     session.install("-e", ".[dev]")
+    if PEERS:
+        # The llama.cpp peer (gpt2xl[peers]) compiles llama.cpp from source: ~6 min on 2 cores the
+        # first time, then pip's wheel cache. Where it cannot build, its bench cases and tests
+        # skip with the reason, so a failed build must not stop the session.
+        session.run(
+            "python", "-m", "pip", "install", "--quiet", "-e", ".[peers]",
+            success_codes=[0, 1], env={"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)},
+        )
 
 
 def _env() -> dict[str, str]:

@@ -58,11 +58,6 @@ def test_leading_dims_and_threads() -> None:
     torch.testing.assert_close(one, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
-def test_read_probe_sums_squares() -> None:
-    x = torch.arange(100_003, dtype=torch.float32) % 7
-    assert kernels.native().read_sum(x) == pytest.approx(float((x.double() ** 2).sum()), rel=1e-6)
-
-
 def test_projection_routes_by_rows() -> None:
     """Decode-sized calls run the decode kernel, prefill-sized the prefill kernel, larger ones
     F.linear; kernels_enabled=False (GPT.kernels_off) runs F.linear for all."""
@@ -92,3 +87,30 @@ def test_projection_routes_by_rows() -> None:
 def test_unavailable_reason_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.DISABLE_ENV, "0")
     assert kernels._build.__wrapped__() == (None, f"disabled by {kernels.DISABLE_ENV}=0")
+
+
+@pytest.mark.slow
+def test_avx2_build_matches_linear(tmp_path) -> None:
+    """The AVX2 + FMA path (the other CPU kind seen here: no AVX512, no AVX512-BF16, so bf16 is
+    widened to fp32), built with -march=haswell in a child process, computes F.linear too."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, torch.nn.functional as F\n"
+        "from gpt2xl import kernels\n"
+        "m = kernels.native(); assert m is not None, kernels.unavailable_reason()\n"
+        "assert m.isa() == 'avx2+fma', m.isa()\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for rows, out, inp in [(1, 67, 1600), (2, 33, 100), (16, 40, 64), (3, 9, 17)]:\n"
+        "    x, w, b = torch.randn(rows, inp, generator=g), torch.randn(out, inp, generator=g), torch.randn(out, generator=g)\n"
+        "    torch.testing.assert_close(kernels.linear_small(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)\n"
+        "    xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()\n"
+        "    ref = F.linear(xb.float(), wb.float(), bb.float())\n"
+        "    torch.testing.assert_close(kernels.linear_small(xb, wb, bb).float(), ref, rtol=2 ** -7, atol=2e-2)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, kernels.MARCH_ENV: "haswell", "GPT2XL_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-2000:]

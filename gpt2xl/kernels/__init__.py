@@ -1,8 +1,7 @@
 """Native CPU kernels, compiled on first use on the machine that runs them.
 
 ``linear_small.cpp`` holds a few-row linear layer (decode steps, short prefills) that streams the
-weights over all torch threads, and a streaming-read bandwidth probe with the same access
-pattern. It is built with ``torch.utils.cpp_extension`` and ``-march=native`` into the user cache
+weights over all torch threads. It is built with ``torch.utils.cpp_extension`` and ``-march=native`` into the user cache
 (``gpt2xl.cache``), keyed by the source, the compiler, torch and this CPU's model and flags, so a
 host never runs code compiled for another. Where no compiler works, :func:`native` returns None,
 :func:`unavailable_reason` says why, and callers keep PyTorch's own kernels.
@@ -25,6 +24,11 @@ from gpt2xl.devices import cpu_flags, cpu_name
 
 SOURCE = Path(__file__).with_name("linear_small.cpp")
 DISABLE_ENV = "GPT2XL_NATIVE"  # "0" disables the native kernels (a torch-only run)
+MARCH_ENV = "GPT2XL_NATIVE_MARCH"  # -march= value, default "native"; "haswell" builds the AVX2 path
+
+
+def _march() -> str:
+    return os.environ.get(MARCH_ENV, "native")
 
 
 def _compiler_version() -> str:
@@ -39,9 +43,10 @@ def _compiler_version() -> str:
 
 @functools.cache
 def build_key() -> str:
-    """What the compiled module depends on: source, compiler, torch, CPU model and flags."""
+    """What the compiled module depends on: source, -march, compiler, torch, CPU model and flags."""
     parts = [
         SOURCE.read_text(),
+        _march(),
         _compiler_version(),
         torch.__version__,
         cpu_name(),
@@ -65,7 +70,7 @@ def _build() -> tuple[ModuleType | None, str | None]:
             name=f"gpt2xl_linear_small_{key}",
             sources=[str(SOURCE)],
             build_directory=str(where),
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=["-O3", f"-march={_march()}", "-fopenmp"],
             extra_ldflags=["-fopenmp"],  # libgomp.so.1: the runtime torch has loaded already
             verbose=False,
         )

@@ -16,9 +16,10 @@
 #include <c10/util/BFloat16.h>
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #define GPT2XL_VEC 1
@@ -140,22 +141,28 @@ inline void tile_dpbf16(const uint16_t* w, int64_t K, int nr, const uint16_t* x,
 }
 #endif
 
-// Tiles of NRT weight rows x up to RT input rows over the whole of K. One contiguous block of
-// weight rows per thread: at::parallel_for with grain 1 hands each intra-op thread one chunk of
-// ceil(groups / threads) tiles.
+// Tiles of NRT weight rows x up to RT input rows over the whole of K. The threads take chunks
+// of consecutive tiles (~512 KB of weights each) from a shared counter rather than one fixed
+// half each: on a shared machine one core is often slower for a while, and a static split would
+// leave the other idle at the end of every call (measured: same median, a much better worst case).
 template <int NRT, typename W, typename X, typename Y, typename Tile>
 void run_tiles(const W* w, const X* x, int64_t R, int64_t N, int64_t K, Tile tile, const W* bias, Y* y) {
   const int64_t groups = (N + NRT - 1) / NRT;
-  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+  const int64_t chunk = std::max<int64_t>(1, (512 << 10) / (NRT * K * static_cast<int64_t>(sizeof(W))));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     float acc[RT][MAX_NR];
-    for (int64_t g = begin; g < end; ++g) {
-      const int64_t n0 = g * NRT;
-      const int nr = static_cast<int>(std::min<int64_t>(NRT, N - n0));
-      for (int64_t r0 = 0; r0 < R; r0 += RT) {
-        const int rt = static_cast<int>(std::min<int64_t>(RT, R - r0));
-        tile(w + n0 * K, nr, x + r0 * K, rt, acc);
-        for (int r = 0; r < rt; ++r)
-          for (int i = 0; i < nr; ++i) y[(r0 + r) * N + n0 + i] = store<Y>(acc[r][i] + (bias ? wvalue(bias, n0 + i) : 0.f));
+    for (int64_t g0; (g0 = next.fetch_add(chunk)) < groups;) {
+      const int64_t g1 = std::min(groups, g0 + chunk);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t n0 = g * NRT;
+        const int nr = static_cast<int>(std::min<int64_t>(NRT, N - n0));
+        for (int64_t r0 = 0; r0 < R; r0 += RT) {
+          const int rt = static_cast<int>(std::min<int64_t>(RT, R - r0));
+          tile(w + n0 * K, nr, x + r0 * K, rt, acc);
+          for (int r = 0; r < rt; ++r)
+            for (int i = 0; i < nr; ++i) y[(r0 + r) * N + n0 + i] = store<Y>(acc[r][i] + (bias ? wvalue(bias, n0 + i) : 0.f));
+        }
       }
     }
   });
@@ -181,29 +188,37 @@ struct Dpbf16Tile {  // bf16 weights and inputs, K % 32 == 0
 };
 #endif
 
-// Dispatch on the number of input rows: 8-row weight tiles for one or two rows (decode), 4-row
-// weight tiles x up to 4 input rows otherwise (a short prefill reads each weight tile from cache).
+// Dispatch on the number of input rows. Weight rows per tile: as many as the accumulators allow
+// (32 vector registers with AVX512, 16 with AVX2), up to ~50 KB of weights per tile, which
+// streams fastest here; 4 input rows per tile beyond two (a short prefill then reads each weight
+// tile from cache, not from memory).
+#if defined(__AVX512F__)
+constexpr int NR_DECODE = 8, NR_DECODE_SHORT = 16, NR_TWO = 8, NR_MANY = 4;
+#else
+constexpr int NR_DECODE = 8, NR_DECODE_SHORT = 8, NR_TWO = 4, NR_MANY = 2;
+#endif
+
 template <typename W, typename X, typename Y, typename T>
 void run(const W* w, const X* x, int64_t R, int64_t N, int64_t K, const W* bias, Y* y, const T& t) {
-  if (R == 1 && K * static_cast<int64_t>(sizeof(W)) <= 4096) {  // short rows: 16 per tile
-    run_tiles<16>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int, float acc[RT][MAX_NR]) {
-      t.template call<16, 1>(wp, nr, xp, acc);
+  if (R == 1 && K * static_cast<int64_t>(sizeof(W)) <= 4096) {  // short rows: more of them per tile
+    run_tiles<NR_DECODE_SHORT>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int, float acc[RT][MAX_NR]) {
+      t.template call<NR_DECODE_SHORT, 1>(wp, nr, xp, acc);
     }, bias, y);
   } else if (R == 1) {
-    run_tiles<8>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int, float acc[RT][MAX_NR]) {
-      t.template call<8, 1>(wp, nr, xp, acc);
+    run_tiles<NR_DECODE>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int, float acc[RT][MAX_NR]) {
+      t.template call<NR_DECODE, 1>(wp, nr, xp, acc);
     }, bias, y);
   } else if (R == 2) {
-    run_tiles<8>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int, float acc[RT][MAX_NR]) {
-      t.template call<8, 2>(wp, nr, xp, acc);
+    run_tiles<NR_TWO>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int, float acc[RT][MAX_NR]) {
+      t.template call<NR_TWO, 2>(wp, nr, xp, acc);
     }, bias, y);
   } else {
-    run_tiles<4>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int rt, float acc[RT][MAX_NR]) {
+    run_tiles<NR_MANY>(w, x, R, N, K, [&](const W* wp, int nr, const X* xp, int rt, float acc[RT][MAX_NR]) {
       switch (rt) {
-        case 1: t.template call<4, 1>(wp, nr, xp, acc); break;
-        case 2: t.template call<4, 2>(wp, nr, xp, acc); break;
-        case 3: t.template call<4, 3>(wp, nr, xp, acc); break;
-        default: t.template call<4, 4>(wp, nr, xp, acc); break;
+        case 1: t.template call<NR_MANY, 1>(wp, nr, xp, acc); break;
+        case 2: t.template call<NR_MANY, 2>(wp, nr, xp, acc); break;
+        case 3: t.template call<NR_MANY, 3>(wp, nr, xp, acc); break;
+        default: t.template call<NR_MANY, 4>(wp, nr, xp, acc); break;
       }
     }, bias, y);
   }
@@ -246,40 +261,6 @@ torch::Tensor linear_small(torch::Tensor x, torch::Tensor w, c10::optional<torch
   return out;
 }
 
-// A bandwidth probe with the same access pattern: every thread sums its own contiguous block.
-double read_sum(torch::Tensor x) {
-  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == torch::kFloat32 && x.device().is_cpu(), "read_sum: fp32 CPU");
-  const float* p = x.data_ptr<float>();
-  const int64_t n = x.numel();
-  const int64_t chunk = 1 << 16;
-  const int64_t chunks = (n + chunk - 1) / chunk;
-  std::vector<double> partial(at::get_num_threads() * 8, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    double total = 0.0;
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t lo = c * chunk, hi = std::min(n, lo + chunk);
-      int64_t k = lo;
-      float s = 0.f;
-#if GPT2XL_VEC
-      vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
-      for (; k + 4 * VL <= hi; k += 4 * VL) {
-        a0 = vfma(vload(p + k), vload(p + k), a0);
-        a1 = vfma(vload(p + k + VL), vload(p + k + VL), a1);
-        a2 = vfma(vload(p + k + 2 * VL), vload(p + k + 2 * VL), a2);
-        a3 = vfma(vload(p + k + 3 * VL), vload(p + k + 3 * VL), a3);
-      }
-      s = vsum(a0) + vsum(a1) + vsum(a2) + vsum(a3);
-#endif
-      for (; k < hi; ++k) s += p[k] * p[k];
-      total += s;
-    }
-    partial[at::get_thread_num() * 8] += total;
-  });
-  double total = 0.0;
-  for (double v : partial) total += v;
-  return total;
-}
-
 std::string isa() {
 #if defined(__AVX512BF16__)
   return "avx512+avx512_bf16";
@@ -294,6 +275,5 @@ std::string isa() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_small", &linear_small, "y = x @ w.T + bias for few rows (decode / short prefill)");
-  m.def("read_sum", &read_sum, "sum of squares over per-thread blocks: a streaming-read bandwidth probe");
   m.def("isa", &isa, "instruction set the kernels were compiled for");
 }

@@ -49,6 +49,7 @@ from gpt2xl.devices import (
     check_dtype_supported,
     cpu_flags,
     cpu_has_native,
+    kernel_cpu_flags,
     cpu_name,
     device_name,
     resolve_device,
@@ -216,11 +217,6 @@ class ModelEntry:
             gc.collect()
 
 
-def relevant_cpu_flags() -> list[str]:
-    """The CPU flags that decide matmul kernels: every avx*/amx* flag, fma and f16c."""
-    return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
-
-
 def peers_info() -> dict[str, Any]:
     """What each peer engine is (version, build), or why it is unavailable."""
     try:
@@ -319,7 +315,7 @@ class BenchState:
         return {
             "environment": environment_info(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_flags": relevant_cpu_flags(),
+            "cpu_flags": kernel_cpu_flags(),
             "cpu_native": {"bf16": cpu_has_native(torch.bfloat16), "fp16": cpu_has_native(torch.float16)},
             "bandwidth_probes": self.probes,
             "bandwidth_summary": probe_summary(self.probes),

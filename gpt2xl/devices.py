@@ -87,6 +87,12 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def kernel_cpu_flags() -> list[str]:
+    """The CPU flags that decide matmul kernels (every avx*/amx* flag, fma and f16c; asimd and
+    sve on Arm): printed beside every speed, since hosts differ from session to session."""
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "sve")) or f in ("fma", "f16c", "asimd"))
+
+
 def cpu_has_native(dtype: torch.dtype) -> bool:
     """Whether this CPU has matmul instructions for ``dtype`` (bf16: AVX512-BF16 or AMX-BF16;
     fp16: AVX512-FP16 or AMX-FP16). Without them torch still runs the dtype, emulated: correct

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from gpt2xl.devices import cpu_name
+from gpt2xl.devices import cpu_name, kernel_cpu_flags
 
 
 def git_sha(cwd: str | Path | None = None) -> str | None:
@@ -46,6 +46,8 @@ def environment_info() -> dict[str, object]:
         "transformers": package_version("transformers"),
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "cpu_flags": kernel_cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_bytes": psutil.virtual_memory().total,

@@ -86,9 +86,18 @@ def generate(
     typer.echo(
         f"[{t['new_tokens']} tokens in {t['total_s']:.2f} s: prefill {t['prefill_s'] * 1000:.0f} ms, "
         f"decode {t['decode_tokens_per_s']:.2f} tok/s, end-to-end {t['tokens_per_s']:.2f} tok/s; "
-        f"{result['model']['weights']['label']}, {result['model']['device']} {result['model']['dtype']}]",
+        f"{result['model']['weights']['label']}, {result['model']['device']} {result['model']['dtype']}; "
+        f"{_hardware(result)}]",
         err=True,
     )
+
+
+def _hardware(result: dict) -> str:
+    """The machine beside the speed: GPU name, or CPU model, its kernel flags and threads."""
+    env = result["environment"]
+    if result["model"]["device"].startswith("cuda") and env.get("gpus"):
+        return env["gpus"][0]["name"]
+    return f"{env['cpu']} [{' '.join(env['cpu_flags'])}], {env['torch_threads']} threads"
 
 
 def _register_subcommands() -> None:

@@ -1,7 +1,7 @@
 """Benchmark profiles: which cases a run measures, as data.
 
 A *case* is one (model, device, dtype, sampler, batch, prompt length, new tokens) point. Profiles
-are sized for a 2-core CPU box (see /work/shared/PERF.md for the speeds the budgets assume):
+are sized for a 2-core CPU box (see ../shared/PERF.md for the speeds the budgets assume):
 
 - ``smoke``: ``random:tiny``, seconds; for tests of the pipeline itself.
 - ``gate``: ``random:gpt2`` fp32, the samplers interleaved round by round so their RATIOS hold on

@@ -82,12 +82,16 @@ def gate(session: nox.Session) -> None:
     one thread) against the baseline for this CPU kind, bench/baselines/gate-cpu-<kind>.json (kind:
     torch's CPU capability, e.g. AVX2, AVX512); where the kind has none, the floors and the run's
     validity only (the output says so). Absolute times are too noisy to gate on. Fails on a
-    regression beyond 25%, a ratio below its floor, or a case with no valid measurement."""
+    regression beyond 35%, a ratio below its floor, or a case with no valid measurement."""
     _install(session)
     out = f"reports/{RUN_ID}/gate"
     session.run("python", "-m", "bench", "--profile", "gate", "--device", "cpu", "--run-dir", out, env=_env())
     session.run(
         "gpt2xl", "compare", "bench/baselines", f"{out}/bench.json",
-        "--ratios", "--max-slowdown", "25%", "--floor", "cached_vs_reference_decode=2",
+        # Ratios compress when a neighbour takes bandwidth (a fast memory-bound kernel loses more
+        # than a slow one): under a competing process they measured 11-29% below the quiet
+        # baseline. Hence 35%, plus absolute floors that hold under any load.
+        "--ratios", "--max-slowdown", "35%", "--floor", "cached_vs_reference_decode=2",
+        "--floor", "ours_vs_hf_decode=1", "--floor", "tuned_vs_plain_decode=0.9",
         env=_env(),
     )

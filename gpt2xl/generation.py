@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gpt2xl.autotune import check_mode
 from gpt2xl.environment import environment_info
 from gpt2xl.errors import check_int
 from gpt2xl.results import SCHEMA_VERSION
@@ -24,16 +25,19 @@ def run_generation(
     device: str = "cpu",
     dtype: str = "fp32",
     num_samples: int = 1,
+    autotune: str = "cached",
 ) -> dict[str, Any]:
     """Load ``model``, continue ``prompt`` ``num_samples`` times as one batch, return the result.
 
     Options are validated before the model is loaded, so a bad value fails in milliseconds.
     The result holds the samples (tokens, text, whether they stopped at end-of-text), timings
-    (prefill, decode tokens/s, end-to-end tokens/s), the model's provenance, seed and environment.
+    (prefill, decode tokens/s, end-to-end tokens/s), the model's provenance and kernel choices
+    (``autotune``: off, cached or fresh, see ``gpt2xl.autotune``), seed and environment.
     """
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     check_int("num_samples", num_samples)
-    loaded = load_model(model, device=device, dtype=dtype, seed=seed)
+    check_mode(autotune)
+    loaded = load_model(model, device=device, dtype=dtype, seed=seed, autotune=autotune)
     prompt_ids = encode(prompt)
     out = generate(loaded.model, [prompt_ids] * num_samples, cfg, generator=make_generator(seed, loaded.device))
     return {

@@ -55,6 +55,9 @@ def generate(
     dtype: DtypeOpt = "fp32",
     num_samples: Annotated[int, typer.Option(help="Independent continuations, generated as one batch.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print tokens, text, timings and tokens/sec as JSON.")] = False,
+    autotune: Annotated[str, typer.Option(help=(
+        "CPU kernel choices: cached (default: measured once per CPU, torch, threads and dtype, ~6 s for "
+        "gpt2-xl, then reused), fresh (measure again), off (PyTorch's own kernels)."))] = "cached",
 ) -> None:
     """Continue PROMPT with the KV-cached temperature / top-k sampler.
 
@@ -72,6 +75,7 @@ def generate(
         device=device,
         dtype=dtype,
         num_samples=num_samples,
+        autotune=autotune,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))

@@ -86,3 +86,22 @@ def test_help_teaches():
     assert out.returncode == 0
     for option in ("--model", "--temperature", "--top-k", "--seed", "--device", "--dtype", "--num-samples", "--json"):
         assert option in out.stdout
+
+
+def test_generate_autotune_option_reaches_the_result() -> None:
+    from gpt2xl.generation import run_generation
+
+    off = run_generation("Hi", model="random:tiny", max_new_tokens=2, temperature=0, top_k=None, seed=0, autotune="off")
+    assert off["model"]["kernels"]["mode"] == "off" and off["model"]["kernels"]["choices"] == []
+    assert off["environment"]["cpu_flags"] == sorted(off["environment"]["cpu_flags"])
+
+
+def test_generate_rejects_unknown_autotune_mode() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2xl_app.cli", "generate", "x", "--model", "random:tiny", "--autotune", "always"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Unknown autotune mode 'always'; choose one of: off, cached, fresh."
+    ]

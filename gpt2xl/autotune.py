@@ -43,7 +43,7 @@ from gpt2xl.results import write_text_atomic
 
 Mode = Literal["off", "cached", "fresh"]
 MODES: tuple[Mode, ...] = ("off", "cached", "fresh")
-TUNER_VERSION = 1  # bump when candidates or the timing method change: old cache entries are ignored
+TUNER_VERSION = 2  # bump when candidates or the timing method change: old cache entries are ignored
 TUNE_BYTES = 256 << 20  # weights timed per candidate pass, where the model has that many
 MAX_INNER = 64  # passes repeated inside one timing for small models (a pass of a few us is noise)
 PREFILL_ROWS = 16  # the prefill a choice is timed at (the bench's prompt length)
@@ -139,6 +139,14 @@ def copies_in_model(config: GPTConfig, kind: str) -> int:
     return 1 if kind == "lm_head" else config.n_layer
 
 
+def entry_name(kind: str, shape: tuple[int, int], dtype: torch.dtype, model_copies: int) -> str:
+    """A cache entry: the shape AND how many such matrices were timed, since a 2-layer model with
+    gpt2-xl's widths keeps its weights in cache where gpt2-xl streams them from memory."""
+    per_copy = shape[0] * shape[1] * torch.tensor([], dtype=dtype).element_size()
+    copies = max(1, min(model_copies, -(-TUNE_BYTES // per_copy)))
+    return f"{kind}:{shape[0]}x{shape[1]}:{copies}"
+
+
 def tune_key(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
     """What a cached choice is valid for."""
     flags = " ".join(sorted(cpu_flags()))
@@ -232,7 +240,7 @@ def measure(
     """
     out, inp = shape
     per_copy = out * inp * torch.tensor([], dtype=dtype).element_size()
-    copies = max(1, min(model_copies, -(-TUNE_BYTES // per_copy)))
+    copies = int(entry_name(kind, shape, dtype, model_copies).rsplit(":", 1)[1])
     inner = max(1, min(MAX_INNER, TUNE_BYTES // (per_copy * copies * 16)))
     nbytes = per_copy * copies * inner
     t0 = time.perf_counter()
@@ -303,7 +311,7 @@ def tune(
     entries: dict[str, Choice] = {}
     hit = True
     for kind in PROJECTION_KINDS:
-        name = f"{kind}:{wanted[kind][0]}x{wanted[kind][1]}"
+        name = entry_name(kind, wanted[kind], dtype, copies_in_model(config, kind))
         if name in cached:
             entries[name] = cached[name]
             continue
@@ -313,7 +321,7 @@ def tune(
         entries[name] = measure(kind, wanted[kind], dtype, model_copies=copies_in_model(config, kind))
     if not hit:
         _write_cache(key, sorted({**cached, **entries}.items()))
-    choices = tuple(entries[f"{k}:{wanted[k][0]}x{wanted[k][1]}"] for k in PROJECTION_KINDS)
+    choices = tuple(entries[entry_name(k, wanted[k], dtype, copies_in_model(config, k))] for k in PROJECTION_KINDS)
     return TuneReport(
         mode=mode,
         plan={c.kind: c.plan for c in choices},

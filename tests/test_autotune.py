@@ -102,3 +102,22 @@ def test_load_model_records_and_applies_the_plan(cache) -> None:
     off = load_model("random:tiny", autotune="off")
     assert not off.model.kernels_active() and off.layout == "out_in"
     assert off.describe()["kernels"]["mode"] == "off"
+
+
+def test_a_shallow_model_does_not_share_entries_with_a_deep_one(cache, monkeypatch) -> None:
+    """tiny-xl has gpt2-xl's widths but 2 layers: its weights stay in cache where gpt2-xl's 48
+    stream from memory, so its measurements must not stand for gpt2-xl's (they did, once: a test
+    run's choice for a 2-layer model was reused by the gpt2-xl benchmark)."""
+    shallow = get_preset("tiny-xl")
+    tune(shallow, device=CPU, dtype=torch.float32, mode="fresh")
+    measured: list[tuple[str, int]] = []
+
+    def record(kind, shape, dtype, *, model_copies):  # noqa: ANN001, ANN202
+        measured.append((kind, model_copies))
+        return autotune.choose(kind, shape, {"out_in/linear": 1.0}, {"out_in/linear": 1.0}, nbytes=1)
+
+    monkeypatch.setattr(autotune, "measure", record)
+    tune(get_preset("gpt2-xl"), device=CPU, dtype=torch.float32, mode="cached")
+    assert ("mlp.c_fc", 48) in measured and ("attn.c_attn", 48) in measured
+    assert autotune.entry_name("mlp.c_fc", (6400, 1600), torch.float32, 2) != autotune.entry_name(
+        "mlp.c_fc", (6400, 1600), torch.float32, 48)

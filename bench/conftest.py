@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.harness import AUTOTUNE_MODES, BenchState, Options, finalize_roofline
+from bench.harness import BenchState, Options, finalize_roofline
 from bench.profiles import default_model, get_profile
+from gpt2xl.autotune import MODES as AUTOTUNE_MODES
 
 _STATE_KEY = pytest.StashKey[BenchState]()
 BENCH_KINDS = ("throughput", "scaling", "ratios")

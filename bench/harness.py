@@ -26,7 +26,7 @@ import statistics
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
@@ -47,15 +47,13 @@ from bench.records import (
 )
 from gpt2xl.devices import (
     check_dtype_supported,
-    cpu_flags,
     cpu_has_native,
-    kernel_cpu_flags,
     cpu_name,
+    kernel_cpu_flags,
     device_name,
     resolve_device,
     resolve_dtype,
 )
-from gpt2xl.autotune import MODES as AUTOTUNE_MODES
 from gpt2xl.environment import environment_info
 from gpt2xl.errors import DeviceError
 from gpt2xl.hardware import (

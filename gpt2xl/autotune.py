@@ -139,12 +139,19 @@ def copies_in_model(config: GPTConfig, kind: str) -> int:
     return 1 if kind == "lm_head" else config.n_layer
 
 
+def _matrix_bytes(shape: tuple[int, int], dtype: torch.dtype) -> int:
+    return shape[0] * shape[1] * torch.tensor([], dtype=dtype).element_size()
+
+
+def timed_copies(shape: tuple[int, int], dtype: torch.dtype, model_copies: int) -> int:
+    """How many distinct matrices a measurement streams: the model's count, up to ``TUNE_BYTES``."""
+    return max(1, min(model_copies, -(-TUNE_BYTES // _matrix_bytes(shape, dtype))))
+
+
 def entry_name(kind: str, shape: tuple[int, int], dtype: torch.dtype, model_copies: int) -> str:
     """A cache entry: the shape AND how many such matrices were timed, since a 2-layer model with
     gpt2-xl's widths keeps its weights in cache where gpt2-xl streams them from memory."""
-    per_copy = shape[0] * shape[1] * torch.tensor([], dtype=dtype).element_size()
-    copies = max(1, min(model_copies, -(-TUNE_BYTES // per_copy)))
-    return f"{kind}:{shape[0]}x{shape[1]}:{copies}"
+    return f"{kind}:{shape[0]}x{shape[1]}:{timed_copies(shape, dtype, model_copies)}"
 
 
 def tune_key(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
@@ -238,9 +245,9 @@ def measure(
     each candidate is measured in the regime the model will meet. Small sets are swept up to
     ``MAX_INNER`` times per timing so that one timing lasts long enough to mean something.
     """
-    out, inp = shape
-    per_copy = out * inp * torch.tensor([], dtype=dtype).element_size()
-    copies = int(entry_name(kind, shape, dtype, model_copies).rsplit(":", 1)[1])
+    inp = shape[1]
+    per_copy = _matrix_bytes(shape, dtype)
+    copies = timed_copies(shape, dtype, model_copies)
     inner = max(1, min(MAX_INNER, TUNE_BYTES // (per_copy * copies * 16)))
     nbytes = per_copy * copies * inner
     t0 = time.perf_counter()
@@ -293,7 +300,6 @@ def tune(
     device: torch.device,
     dtype: torch.dtype,
     mode: str = "cached",
-    progress: Callable[[str], None] | None = None,
 ) -> TuneReport:
     """The kernel plan for ``config``'s projections on ``device`` in ``dtype`` (see module doc).
 
@@ -316,8 +322,6 @@ def tune(
             entries[name] = cached[name]
             continue
         hit = False
-        if progress is not None:
-            progress(f"autotune: timing {kind} {wanted[kind][0]}x{wanted[kind][1]} {dtype_name(dtype)}")
         entries[name] = measure(kind, wanted[kind], dtype, model_copies=copies_in_model(config, kind))
     if not hit:
         _write_cache(key, sorted({**cached, **entries}.items()))

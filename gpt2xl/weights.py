@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -132,14 +131,13 @@ def load_model(
     seed: int = 0,
     autotune: str = "cached",
     layout: StorageLayout | None = None,
-    progress: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Resolve ``spec`` (see module docstring) into a ready model.
 
     ``autotune`` (off, cached, fresh) picks each projection's storage and kernel by measuring
     them here before the weights are allocated (``gpt2xl.autotune``). ``layout`` forces the
     storage of the block projections (a layout study); kernels that cannot read it fall back to
-    ``F.linear``. ``progress`` receives one line per shape the tuner times.
+    ``F.linear``.
 
     Raises WeightsError (unknown spec, missing/corrupt files, key or shape mismatch, offline and
     uncached), DeviceError (no CUDA, unsupported dtype) or ConfigError (bad option values).
@@ -152,7 +150,7 @@ def load_model(
         raise ConfigError(f"Unknown weight layout {layout!r}; use out_in or in_out (or leave it to the tuner).")
 
     def plan_for(config: GPTConfig) -> TuneReport:
-        report = tune(config, device=torch_device, dtype=torch_dtype, mode=mode, progress=progress)
+        report = tune(config, device=torch_device, dtype=torch_dtype, mode=mode)
         return report if layout is None else replace(report, plan=_with_layout(report.plan, layout))
 
     if spec.startswith(RANDOM_PREFIX):

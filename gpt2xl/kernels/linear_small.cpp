@@ -4,9 +4,10 @@
 // Why: a batch-1 decode step is one matrix-vector product per weight matrix, bound by how fast
 // the weights stream from memory. PyTorch's CPU matmul sends such shapes to MKL's fp32 gemv
 // (one thread) or oneDNN's bf16 kernels, which stream a fraction of what the memory allows.
-// Here every thread streams its own contiguous block of weight rows, four rows at a time, and
-// keeps each loaded weight vector in registers for up to four input rows (weight-stationary),
-// so a short prefill reads the weights once too. Accumulation is fp32 in every case.
+// Here the threads stream consecutive tiles of 8 or 16 weight rows (chunks taken from a shared
+// counter, see run_tiles) and keep each loaded weight vector in registers for up to four input
+// rows (weight-stationary), so a short prefill reads the weights once too. Accumulation is fp32
+// in every case.
 //
 // Built on the machine that runs it (-march=native, see gpt2xl/kernels/__init__.py); the
 // instruction set is chosen at compile time: AVX512 (+AVX512-BF16 dot products for bf16),

@@ -12,7 +12,8 @@ class GPT2XLError(Exception):
 
 
 class ConfigError(GPT2XLError, ValueError):
-    """An invalid configuration or option value (bad sampling values, unknown preset)."""
+    """An invalid configuration or option value (bad sampling values, unknown preset, a
+    malformed checkpoint config, a run too large for memory)."""
 
 
 class WeightsError(GPT2XLError):
@@ -31,12 +32,14 @@ class DataError(GPT2XLError):
     """A dataset that cannot be read from a directory nor loaded through `datasets`."""
 
 
+class OutputError(GPT2XLError):
+    """A file or directory that cannot be written: permission, no space, file size limit."""
+
+
+class NumericalError(GPT2XLError):
+    """The model produced NaN or inf (corrupt weights, or a dtype whose range was exceeded)."""
+
+
 class ResultError(GPT2XLError):
     """A result file that cannot be read: missing, not JSON, or another schema version or kind."""
 
-
-def check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """``value`` when it is an integer (not a bool) >= ``minimum``; ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value

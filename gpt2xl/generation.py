@@ -7,7 +7,7 @@ from typing import Any
 
 from gpt2xl.autotune import check_mode
 from gpt2xl.environment import environment_info
-from gpt2xl.errors import check_int
+from gpt2xl.validation import check_int
 from gpt2xl.results import SCHEMA_VERSION
 from gpt2xl.sampling import SamplingConfig, generate, make_generator
 from gpt2xl.tokenizer import decode, encode

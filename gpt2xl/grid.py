@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from gpt2xl.errors import ConfigError, check_int
+from gpt2xl.errors import ConfigError
+from gpt2xl.validation import check_int
 from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu
 from gpt2xl.model import GPT
 from gpt2xl.perplexity import score_spans, window_plan

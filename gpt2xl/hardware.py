@@ -29,7 +29,8 @@ import psutil
 import torch
 
 from gpt2xl.devices import synchronize
-from gpt2xl.errors import ConfigError, check_int
+from gpt2xl.errors import ConfigError
+from gpt2xl.validation import check_int
 
 DEFAULT_CPU_PROBE_BYTES = 2 << 30  # 2 GiB: far beyond any last-level cache, as in PERF.md
 DEFAULT_CUDA_PROBE_BYTES = 4 << 30  # beyond any GPU L2; small next to HBM

@@ -25,7 +25,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gpt2xl.errors import ConfigError, check_int
+from gpt2xl.errors import ConfigError
+from gpt2xl.validation import check_int
 
 # NLTK's SmoothingFunction(epsilon=0.1).method1 (Chen & Cherry 2014, method 1): a zero n-gram
 # match count is replaced by epsilon before dividing by the number of hypothesis n-grams.

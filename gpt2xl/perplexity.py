@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gpt2xl.config import EOT_TOKEN_ID
-from gpt2xl.errors import ConfigError, check_int
+from gpt2xl.errors import ConfigError
+from gpt2xl.validation import check_int
 from gpt2xl.model import GPT
 from gpt2xl.tokenizer import encode
 

@@ -1,4 +1,4 @@
-"""Result files: versioned JSON written atomically, and run directories under ``reports/``."""
+"""Result files: versioned JSON, written atomically."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2xl.errors import ResultError
+from gpt2xl.validation import output_error
 
 SCHEMA_VERSION = 1
 
@@ -19,27 +20,29 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def run_dir(root: str | Path = "reports", run_id: str | None = None) -> Path:
-    """``root/<run-id>``, created if needed."""
-    path = Path(root) / (run_id or new_run_id())
-    path.mkdir(parents=True, exist_ok=True)
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a crash or a failed
+    write (no space, file size limit) never leaves a half-written file behind; a failed write
+    raises OutputError saying why."""
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)  # gone after the rename; the leftover of a failure
     return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a crash never leaves a
-    half-written result behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_result(path: str | Path, *, kind: str, payload: dict[str, Any]) -> Path:

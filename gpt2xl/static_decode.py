@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from gpt2xl.errors import ConfigError, check_int
+from gpt2xl.errors import ConfigError
+from gpt2xl.validation import check_int
 from gpt2xl.model import GPT, KVCache
 
 STATIC_LEN_MULTIPLE = 128

@@ -160,19 +160,8 @@ def load_model(
         init_random_(model, seed=seed)
         source = WeightsSource(kind="random", spec=spec, seed=seed)
     else:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            directory, kind = path.resolve(), "checkpoint"
-        elif path.exists():
-            raise WeightsError(f"{spec} is a file; pass the checkpoint directory that holds config.json.")
-        elif spec in HUB_ALIASES or _looks_like_hub_id(spec):
-            directory, kind = _fetch_from_hub(HUB_ALIASES.get(spec, spec)), "pretrained"
-        else:
-            raise WeightsError(
-                f"Unknown model {spec!r}: not a directory, not a hub name ({', '.join(HUB_ALIASES)}, "
-                "or owner/name), and not random:<preset> (presets: gpt2, gpt2-medium, gpt2-large, "
-                "gpt2-xl, tiny, tiny-xl)."
-            )
+        kind, where = _classify(spec)
+        directory = _fetch_from_hub(where) if kind == "pretrained" else Path(where)
         config = _read_config(directory)
         tuning = plan_for(config)
         model, files = _load_hf_directory(directory, config, torch_device, torch_dtype, tuning.plan)
@@ -180,6 +169,40 @@ def load_model(
     model.eval().requires_grad_(False)
     model.apply_kernel_plan(tuning.plan)  # storage already matches: this only routes the kernels
     return LoadedModel(model=model, source=source, device=torch_device, dtype=torch_dtype, tuning=tuning)
+
+
+def resolve_config(spec: str) -> GPTConfig | None:
+    """The shape ``spec`` would load, without loading any weights, so options can be checked
+    against the context length and memory first: the preset, the directory's config.json, or a
+    hub model's cached config.json (None when it is not cached; nothing is downloaded).
+
+    Raises what :func:`load_model` raises for an unknown spec or a malformed config.
+    """
+    if spec.startswith(RANDOM_PREFIX):
+        return get_preset(spec.removeprefix(RANDOM_PREFIX))
+    kind, where = _classify(spec)
+    if kind == "checkpoint":
+        return _read_config(Path(where))
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(where, "config.json")
+    return _read_config(Path(cached).parent) if isinstance(cached, str) else None
+
+
+def _classify(spec: str) -> tuple[Literal["checkpoint", "pretrained"], str]:
+    """("checkpoint", resolved directory) or ("pretrained", hub repo id) for a non-random spec."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "checkpoint", str(path.resolve())
+    if path.exists():
+        raise WeightsError(f"{spec} is a file; pass the checkpoint directory that holds config.json.")
+    if spec in HUB_ALIASES or _looks_like_hub_id(spec):
+        return "pretrained", HUB_ALIASES.get(spec, spec)
+    raise WeightsError(
+        f"Unknown model {spec!r}: not a directory, not a hub name ({', '.join(HUB_ALIASES)}, "
+        "or owner/name), and not random:<preset> (presets: gpt2, gpt2-medium, gpt2-large, "
+        "gpt2-xl, tiny, tiny-xl)."
+    )
 
 
 def _with_layout(plan: KernelPlan, layout: StorageLayout) -> KernelPlan:

@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s bench`` (the main job), ``nox -s tests``, ``nox -s eval``.
+"""Sessions: ``nox -s bench`` (the main job), ``nox -s tests``, ``nox -s eval``, ``nox -s lint``.
 
 torch is installed first and pinned by ``GPT2XL_TORCH`` (default ``torch==2.13.0``, the CPU wheel
 these machines carry); on a GPU host set e.g. ``GPT2XL_TORCH="torch==2.13.0 --index-url …cu128"``.
@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True  # torch is 200 MB: install it once per session venv
@@ -56,6 +57,26 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy over gpt2xl/, gpt2xl_app/ and bench/ (rules and paths: pyproject.toml).
+
+    mypy reads torch's type information only, so any torch build will do (no GPU, no CUDA), and
+    the llama.cpp peer is not built: its module is typed as missing where it is absent. The code
+    base is not ``ruff format``-ed, so only ``ruff check`` runs.
+    """
+    session.install(*shlex.split(TORCH_SPEC))  # first, so the dev extra's torch floor pulls nothing
+    session.install("-e", ".[dev]")
+    failed = []
+    for tool in ("ruff check", "mypy"):  # both run, so one CI log shows every finding
+        try:
+            session.run(*tool.split())
+        except CommandFailed:
+            failed.append(tool)
+    if failed:
+        session.error(f"{' and '.join(failed)} reported the findings above.")
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Throughput benchmarks → reports/<run-id>/bench.json, report.md and plots.
 
@@ -67,7 +88,7 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
-def eval(session: nox.Session) -> None:  # noqa: A001 - the session's name is the command users type
+def eval(session: nox.Session) -> None:  # shadows the builtin: the session's name is the command users type
     """Perplexity and the temperature x top-k grid → reports/<run-id>/eval.json, CSV, plots, report.
 
     Args after ``--`` go to ``gpt2xl eval run`` (see ``gpt2xl eval run --help``).

@@ -25,9 +25,10 @@ import gc
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -49,8 +50,8 @@ from gpt2xl.devices import (
     check_dtype_supported,
     cpu_has_native,
     cpu_name,
-    kernel_cpu_flags,
     device_name,
+    kernel_cpu_flags,
     resolve_device,
     resolve_dtype,
 )
@@ -63,9 +64,15 @@ from gpt2xl.hardware import (
     peak_memory_bytes,
     reset_peak_memory,
 )
-from gpt2xl.sampling import SamplingConfig, generate, generate_reference, make_generator
+from gpt2xl.sampling import GenerationOutput, SamplingConfig, generate, generate_reference, make_generator
 from gpt2xl.static_decode import StaticDecoder, static_cache_len
 from gpt2xl.weights import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from pytest_benchmark.fixture import BenchmarkFixture
+    from transformers import GPT2LMHeadModel
+
+    from bench.llamacpp import LlamaCppRunner
 
 TEMPERATURE = 0.8
 TOP_K = 40
@@ -127,7 +134,13 @@ def sampler_record(rounds: list[Round], *, weight_bytes: int, batch_size: int) -
     good = [r for r in rounds if r.valid]
     bad = [r.invalid_reason for r in rounds if not r.valid]
     rec: dict[str, Any] = {"rounds": len(good), "rounds_invalid": bad, "weight_bytes": weight_bytes}
-    if not good:
+    # A valid round has both rates; summarize() gives None exactly when there is no valid round.
+    decode_rates = [rate for r in good if (rate := r.decode_tokens_per_s) is not None]
+    e2e_rates = [rate for r in good if (rate := r.tokens_per_s) is not None]
+    prefill = summarize([r.prefill_s for r in good])
+    decode = summarize(decode_rates)
+    e2e = summarize(e2e_rates)
+    if prefill is None or decode is None or e2e is None:
         why = bad[0] if bad else "no timed round"
         rec.update(valid=False, invalid_reason=f"no valid round of {len(rounds)}: {why}", spread_kind=None,
                    prefill_s=None, prefill_s_spread=None, decode_s=None, decode_s_per_token=None,
@@ -135,9 +148,6 @@ def sampler_record(rounds: list[Round], *, weight_bytes: int, batch_size: int) -
                    tokens_per_s_spread=None, rounds_prefill_s=[], rounds_decode_tokens_per_s=[],
                    rounds_tokens_per_s=[], achieved_bytes_per_s=None)
         return rec
-    prefill = summarize([r.prefill_s for r in good])
-    decode = summarize([r.decode_tokens_per_s for r in good])
-    e2e = summarize([r.tokens_per_s for r in good])
     decode_s = statistics.median(r.decode_s for r in good)
     rec.update(
         valid=True,
@@ -152,8 +162,8 @@ def sampler_record(rounds: list[Round], *, weight_bytes: int, batch_size: int) -
         tokens_per_s=e2e.median,
         tokens_per_s_spread=e2e.spread,
         rounds_prefill_s=[r.prefill_s for r in good],
-        rounds_decode_tokens_per_s=[r.decode_tokens_per_s for r in good],
-        rounds_tokens_per_s=[r.tokens_per_s for r in good],
+        rounds_decode_tokens_per_s=decode_rates,
+        rounds_tokens_per_s=e2e_rates,
         # Every decode step streams all weights once for the whole batch, so bandwidth scales
         # with steps/s (tokens/s / batch), not with tokens/s.
         achieved_bytes_per_s=weight_bytes * decode.median / batch_size,
@@ -170,7 +180,8 @@ def paired_ratios(timed: dict[str, list[Round]]) -> tuple[dict[str, float], dict
     for name, d in RATIOS.items():
         if d.numerator not in timed or d.denominator not in timed:
             continue
-        pairs = zip(timed[d.numerator], timed[d.denominator])
+        # Interleaved: every round ran every sampler once, so the lists pair up one to one.
+        pairs = zip(timed[d.numerator], timed[d.denominator], strict=True)
         values = [v for a, b in pairs if (v := ratio_of(name, a.record(), b.record())) is not None]
         if values:
             ratios[name] = statistics.median(values)
@@ -200,18 +211,17 @@ class ModelEntry:
     loaded: LoadedModel
     load_s: float
     logits_finite: bool
-    kernels: dict[str, Any] | None = None  # loaded.describe()["kernels"]: the autotuned plan
-    hf: Any = None  # transformers model sharing the weights, built on first use
+    kernels: dict[str, Any] | None = None  # loaded.tuning.to_dict(): the autotuned plan
+    hf: GPT2LMHeadModel | None = None  # transformers model sharing the weights, built on first use
     hf_layout: str | None = None  # the Conv1D layout HF ran with (kept when ``hf`` is dropped)
-    peer: tuple[tuple, Callable[[], Any]] | None = None  # (key, llama.cpp runner): one at a time
+    peer: tuple[tuple[object, ...], LlamaCppRunner] | None = None  # (key, llama.cpp runner): one at a time
 
     def drop_peer(self) -> None:
         """Close and forget the llama.cpp runner (it may map gigabytes of GGUF)."""
         if self.peer is not None:
-            close = getattr(self.peer[1], "close", None)
+            runner = self.peer[1]
             self.peer = None
-            if close is not None:
-                close()
+            runner.close()
             gc.collect()
 
 
@@ -293,10 +303,11 @@ class BenchState:
         load_s = time.perf_counter() - t0
         # One untimed forward: first-call kernel setup, and the fp16/bf16 overflow check.
         with torch.inference_mode():
-            prompt = torch.randint(0, loaded.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(self.seed))
+            g = torch.Generator().manual_seed(self.seed)
+            prompt = torch.randint(0, loaded.config.vocab_size, (1, 16), generator=g)
             logits = loaded.model(prompt.to(loaded.device))
         return ModelEntry(key=key, loaded=loaded, load_s=load_s, logits_finite=bool(torch.isfinite(logits).all()),
-                          kernels=loaded.describe().get("kernels"))
+                          kernels=loaded.tuning.to_dict())
 
     def finish(self) -> None:
         """The closing probes, once every model is freed (a neighbour's load in the middle of the
@@ -337,7 +348,8 @@ def finalize_roofline(doc: dict[str, Any]) -> None:
     basis = roofline_basis([*probe_candidates(g.get("bandwidth_probes") or []), *engine_candidates(infos)])
     g["roofline_basis"] = basis
     for info in infos:
-        value = basis.get(info.get("device"), {}).get("bytes_per_s")
+        device = info.get("device")
+        value = basis[device].get("bytes_per_s") if isinstance(device, str) and device in basis else None
         info["roofline_basis_bytes_per_s"] = value
         for rec in (info, *(info.get("samplers") or {}).values()):
             rec["roofline_fraction"] = roofline_fraction(rec.get("achieved_bytes_per_s"), value)
@@ -360,7 +372,8 @@ def _checked(sampler: str, case: Case, r: Round) -> Round:
     return r
 
 
-def _ours(entry: ModelEntry, case: Case, seed: int, *, sampler: str, loop=generate, plain: bool = False,
+def _ours(entry: ModelEntry, case: Case, seed: int, *, sampler: str,
+          loop: Callable[..., GenerationOutput] = generate, plain: bool = False,
           static: StaticDecoder | None = None) -> Runner:
     loaded = entry.loaded
     prompts = make_prompts(case, vocab_size=loaded.config.vocab_size, seed=seed)
@@ -427,7 +440,9 @@ def llamacpp_runner(entry: ModelEntry, case: Case, seed: int, *, sampler: str = 
     if case.device != "cpu":
         raise SamplerUnavailable("llama.cpp is measured on the CPU only")
     if case.batch_size != 1:
-        raise SamplerUnavailable(f"llama.cpp runs batch 1 only in this harness; batch {case.batch_size} is not measured")
+        raise SamplerUnavailable(
+            f"llama.cpp runs batch 1 only in this harness; batch {case.batch_size} is not measured"
+        )
     try:
         from bench.llamacpp import PeerUnavailable, make_llamacpp_runner
     except ImportError as exc:
@@ -441,11 +456,13 @@ def llamacpp_runner(entry: ModelEntry, case: Case, seed: int, *, sampler: str = 
         entry.hf = None
         entry.drop_peer()
         try:
-            peer = make_llamacpp_runner(entry.loaded.model, prompt, new_tokens=case.new_tokens, temperature=TEMPERATURE,
-                                        top_k=TOP_K, seed=seed, weight_type=weight_type, threads=torch.get_num_threads())
+            runner = make_llamacpp_runner(
+                entry.loaded.model, prompt, new_tokens=case.new_tokens, temperature=TEMPERATURE, top_k=TOP_K,
+                seed=seed, weight_type=weight_type, threads=torch.get_num_threads(),
+            )
         except PeerUnavailable as exc:
             raise SamplerUnavailable(f"llama.cpp ({weight_type}): {exc}") from None
-        entry.peer = (key, peer)
+        entry.peer = (key, runner)
     peer = entry.peer[1]
 
     def run() -> Round:
@@ -495,8 +512,7 @@ def weight_bytes_of(entry: ModelEntry, sampler: str, case: Case) -> tuple[int, s
 
 def peer_case_info(entry: ModelEntry) -> dict[str, Any]:
     """The current llama.cpp runner's own record (GGUF path, type and bytes, versions), or {}."""
-    info = getattr(entry.peer[1], "info", None) if entry.peer is not None else None
-    return dict(info()) if info is not None else {}
+    return dict(entry.peer[1].info()) if entry.peer is not None else {}
 
 
 def _identity(state: BenchState, entry: ModelEntry, case: Case) -> dict[str, Any]:
@@ -547,7 +563,7 @@ def _warn_invalid(entry: ModelEntry, case: Case, sampler: str, rec: dict[str, An
         warnings.warn(f"{case.id(entry.key[0])} {sampler}: invalid ({rec['invalid_reason']})", stacklevel=3)
 
 
-def measure_case(benchmark, state: BenchState, case: Case, *, rounds: int, warmup_rounds: int,
+def measure_case(benchmark: BenchmarkFixture, state: BenchState, case: Case, *, rounds: int, warmup_rounds: int,
                  kind: str = "throughput") -> dict[str, Any]:
     """Load (or reuse) the model, time ``case`` with pytest-benchmark, record its metrics."""
     entry = state.model_for(case)
@@ -574,7 +590,7 @@ def ratio_samplers(profile: Profile, case: Case) -> list[str]:
     return [*profile.ratio_samplers, *(["compiled"] if case.device == "cuda" else [])]
 
 
-def measure_ratios(benchmark, state: BenchState, case: Case) -> dict[str, Any]:
+def measure_ratios(benchmark: BenchmarkFixture, state: BenchState, case: Case) -> dict[str, Any]:
     """Every available sampler in turn within every round, so a neighbour's load hits them alike:
     the paired per-round ratios are what a gate on a shared machine can rely on. The case's
     top-level metrics are the cached sampler's; ``samplers`` holds each one's record."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -31,10 +32,13 @@ from gpt2xl.devices import synchronize
 from gpt2xl.errors import ConfigError
 from gpt2xl.model import GPT
 
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
+
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def build_hf_model(model: GPT, *, native: bool = True):
+def build_hf_model(model: GPT, *, native: bool = True) -> GPT2LMHeadModel:
     """A ``transformers.GPT2LMHeadModel`` (eval mode, SDPA attention) on ``model``'s weights.
 
     Embeddings, LayerNorms, biases and the tied lm_head always share storage with ``model``;
@@ -62,11 +66,13 @@ def build_hf_model(model: GPT, *, native: bool = True):
         tie_word_embeddings=True,
     )
     hf_config._attn_implementation = "sdpa"  # the kernel our model uses too
-    with torch.device("meta"):
-        hf = GPT2LMHeadModel(hf_config).to(ref.dtype)  # no storage allocated
+    with torch.device("meta"):  # no storage allocated
+        # The ignore: transformers declares ``to`` with ``@wraps(nn.Module.to)``, a type that
+        # hides the bound method's ``self`` from mypy (``to`` is then checked as unbound).
+        hf = GPT2LMHeadModel(hf_config).to(ref.dtype)  # type: ignore[arg-type]
     state = {}
-    for key, value in model.state_dict(keep_vars=True).items():
-        value = value.detach()
+    for key, param in model.state_dict(keep_vars=True).items():
+        value = param.detach()
         if key.endswith(CONV1D_SUFFIXES):
             value = value.t()  # [in, out]
             if native and not value.is_contiguous():
@@ -80,10 +86,10 @@ def build_hf_model(model: GPT, *, native: bool = True):
     return hf
 
 
-def hf_weight_layout(hf) -> str:
+def hf_weight_layout(hf: GPT2LMHeadModel) -> str:
     """``in_out`` when HF's Conv1D weights are contiguous ``[in, out]`` (its native layout),
     ``out_in`` when they are transposed views of ``[out, in]`` storage."""
-    w = hf.transformer.h[0].attn.c_attn.weight
+    w = hf.get_parameter("transformer.h.0.attn.c_attn.weight")
     return "in_out" if w.is_contiguous() else "out_in"
 
 
@@ -97,7 +103,7 @@ class TokenTimes(LogitsProcessor):
         self.device = device
         self.times: list[float] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, _input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         synchronize(self.device)
         self.times.append(time.perf_counter())
         return scores
@@ -119,10 +125,11 @@ class HFTiming:
     tokens: list[list[int]]
 
 
-def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float, top_k: int | None,
-             tracker: TokenTimes) -> torch.Tensor:
-    sampling = temperature > 0
-    kwargs = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=1.0) if sampling else dict(do_sample=False)
+def _hf_call(hf: GPT2LMHeadModel, input_ids: torch.Tensor, *, new_tokens: int, temperature: float,
+             top_k: int | None, tracker: TokenTimes) -> torch.Tensor:
+    kwargs: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        kwargs = {"do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": 1.0}
     return hf.generate(
         input_ids,
         attention_mask=torch.ones_like(input_ids),
@@ -136,7 +143,13 @@ def _hf_call(hf, input_ids: torch.Tensor, *, new_tokens: int, temperature: float
 
 @torch.inference_mode()
 def hf_generate_timed(
-    hf, prompts: list[list[int]], *, new_tokens: int, temperature: float = 0.8, top_k: int | None = 40, seed: int = 0
+    hf: GPT2LMHeadModel,
+    prompts: list[list[int]],
+    *,
+    new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    seed: int = 0,
 ) -> HFTiming:
     """Run HF ``generate`` once for exactly ``new_tokens`` tokens per row, with prefill and decode
     split by per-token timestamps taken inside that one call.

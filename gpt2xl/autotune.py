@@ -21,7 +21,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from pathlib import Path
+from typing import Literal, TypeVar, get_args
 
 import torch
 
@@ -49,6 +50,31 @@ MAX_INNER = 64  # passes repeated inside one timing for small models (a pass of 
 PREFILL_ROWS = 16  # the prefill a choice is timed at (the bench's prompt length)
 PREFILL_WEIGHT = 32  # one prefill per this many decode steps when a layout trades one for the other
 REPEATS = 5
+LAYOUTS: tuple[StorageLayout, ...] = get_args(StorageLayout)
+KERNEL_NAMES: tuple[Kernel, ...] = get_args(Kernel)
+
+_Name = TypeVar("_Name", bound=str)
+
+
+def _member(value: object, allowed: tuple[_Name, ...]) -> _Name:
+    """``value`` as the member of ``allowed`` it equals; ValueError when it is none of them."""
+    for option in allowed:
+        if option == value:
+            return option
+    raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _rates(value: object) -> dict[str, float]:
+    """A cache entry's ``{"layout/kernel": GB/s}`` as bytes per second."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object of rates, got {value!r}")
+    return {str(k): _number(v) * 1e9 for k, v in value.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,14 +101,22 @@ class Choice:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> "Choice":
+    def from_dict(cls, d: dict[str, object]) -> Choice:
+        """The inverse of :meth:`to_dict`: KeyError, TypeError or ValueError for any other shape."""
+        shape = d["shape"]
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int for n in shape)):
+            raise TypeError(f"shape must be [out, in], got {shape!r}")
         return cls(
             kind=str(d["name"]),
-            shape=(int(d["shape"][0]), int(d["shape"][1])),  # type: ignore[index]
-            plan=ProjectionPlan(layout=d["layout"], decode=d["decode"], prefill=d["prefill"]),  # type: ignore[arg-type]
-            decode_bytes_per_s={k: float(v) * 1e9 for k, v in d["candidates"].items()},  # type: ignore[union-attr]
-            prefill_bytes_per_s={k: float(v) * 1e9 for k, v in d["prefill_candidates"].items()},  # type: ignore[union-attr]
-            measure_s=float(d.get("measure_s", 0.0)),  # type: ignore[arg-type]
+            shape=(shape[0], shape[1]),
+            plan=ProjectionPlan(
+                layout=_member(d["layout"], LAYOUTS),
+                decode=_member(d["decode"], KERNEL_NAMES),
+                prefill=_member(d["prefill"], KERNEL_NAMES),
+            ),
+            decode_bytes_per_s=_rates(d["candidates"]),
+            prefill_bytes_per_s=_rates(d["prefill_candidates"]),
+            measure_s=_number(d.get("measure_s", 0.0)),
         )
 
 
@@ -117,9 +151,10 @@ class TuneReport:
 
 
 def check_mode(mode: str) -> Mode:
-    if mode not in MODES:
-        raise ConfigError(f"Unknown autotune mode {mode!r}; choose one of: {', '.join(MODES)}.")
-    return mode  # type: ignore[return-value]
+    for known in MODES:
+        if known == mode:
+            return known
+    raise ConfigError(f"Unknown autotune mode {mode!r}; choose one of: {', '.join(MODES)}.")
 
 
 def shapes(config: GPTConfig) -> dict[str, tuple[int, int]]:
@@ -173,8 +208,9 @@ def candidates(kind: str, dtype: torch.dtype) -> dict[StorageLayout, tuple[list[
     """layout -> (decode kernels, prefill kernels) worth timing for ``kind`` here."""
     native_ok = kernels.native() is not None and dtype in (torch.float32, torch.bfloat16)
     split_ok = torch.get_num_threads() > 1
-    decode: list[Kernel] = ["linear", *(["split"] if split_ok else [])]
-    out_in = (decode + (["native"] if native_ok else []), ["linear", *(["native"] if native_ok else [])])
+    native: list[Kernel] = ["native"] if native_ok else []
+    decode: list[Kernel] = ["linear", "split"] if split_ok else ["linear"]
+    out_in: tuple[list[Kernel], list[Kernel]] = ([*decode, *native], ["linear", *native])
     if kind == "lm_head":  # tied to the embedding's [vocab, C] storage
         return {"out_in": out_in}
     return {"out_in": out_in, "in_out": (decode, ["linear"])}
@@ -207,7 +243,11 @@ def choose(
     return Choice(
         kind=kind,
         shape=shape,
-        plan=ProjectionPlan(layout=layout, decode=decode, prefill=prefill),  # type: ignore[arg-type]
+        plan=ProjectionPlan(
+            layout=_member(layout, LAYOUTS),
+            decode=_member(decode, KERNEL_NAMES),
+            prefill=_member(prefill, KERNEL_NAMES),
+        ),
         decode_bytes_per_s={k: nbytes / v for k, v in decode_s.items()},
         prefill_bytes_per_s={k: nbytes / v for k, v in prefill_s.items()},
     )
@@ -220,6 +260,11 @@ def _stack(shape: tuple[int, int], layout: StorageLayout, dtype: torch.dtype, co
         w = torch.empty((out, inp) if layout == "out_in" else (inp, out), dtype=dtype).fill_(0.01)
         ws.append(w if layout == "out_in" else w.t())  # logical [out, in] either way
     return ws
+
+
+def _sweep(kernel: Kernel, x: torch.Tensor, weights: list[torch.Tensor], inner: int) -> Callable[[], object]:
+    """One timed call: ``inner`` passes of ``kernel`` over every matrix of ``weights``."""
+    return lambda: [run_kernel(kernel, x, w, None) for _ in range(inner) for w in weights]
 
 
 def _time_round_robin(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -259,34 +304,30 @@ def measure(
     with torch.inference_mode():
         for layout, (decode_kernels, prefill_kernels) in candidates(kind, dtype).items():
             ws = _stack(shape, layout, dtype, copies)
-
-            def sweep(kernel: Kernel, x: torch.Tensor) -> Callable[[], object]:
-                return lambda: [run_kernel(kernel, x, w, None) for _ in range(inner) for w in ws]
-
-            decode_s.update({f"{layout}/{k}": v for k, v in _time_round_robin(
-                {k: sweep(k, x_decode) for k in decode_kernels}, repeats).items()})
-            prefill_s.update({f"{layout}/{k}": v for k, v in _time_round_robin(
-                {k: sweep(k, x_prefill) for k in prefill_kernels}, repeats).items()})
-            del ws
+            decode = _time_round_robin({k: _sweep(k, x_decode, ws, inner) for k in decode_kernels}, repeats)
+            prefill = _time_round_robin({k: _sweep(k, x_prefill, ws, inner) for k in prefill_kernels}, repeats)
+            del ws  # this layout's weights go before the next layout's are stacked
+            decode_s.update({f"{layout}/{k}": v for k, v in decode.items()})
+            prefill_s.update({f"{layout}/{k}": v for k, v in prefill.items()})
     return replace(choose(kind, shape, decode_s, prefill_s, nbytes), measure_s=time.perf_counter() - t0)
 
 
-def _cache_file(key: dict[str, object]):
+def _cache_file(key: dict[str, object]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir("autotune") / f"{digest}.json"
 
 
 def _read_cache(key: dict[str, object]) -> dict[str, Choice]:
     path = _cache_file(key)
+    # A missing or damaged cache entry is measured again and overwritten, never trusted.
     try:
         doc = json.loads(path.read_text())
-        if doc.get("key") != key:
+        choices = doc.get("choices") if isinstance(doc, dict) else None
+        if not isinstance(choices, dict) or doc.get("key") != key:
             return {}
-        return {name: Choice.from_dict(c) for name, c in doc["choices"].items()}
-    except FileNotFoundError:
+        return {str(name): Choice.from_dict(c) for name, c in choices.items()}  # TypeError if c is no object
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return {}  # a damaged cache entry is measured again and overwritten, never trusted
 
 
 def _write_cache(key: dict[str, object], choices: Iterable[tuple[str, Choice]]) -> None:

@@ -21,7 +21,8 @@ def git_sha(cwd: str | Path | None = None) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, check=True, timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -58,7 +59,9 @@ def environment_info() -> dict[str, object]:
         gpus = []
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            gpus.append({"name": props.name, "memory_bytes": props.total_memory, "capability": f"{props.major}.{props.minor}"})
+            gpus.append(
+                {"name": props.name, "memory_bytes": props.total_memory, "capability": f"{props.major}.{props.minor}"}
+            )
         info["gpus"] = gpus
         info["cuda_driver"] = _nvidia_driver()
     return info

@@ -105,7 +105,7 @@ def _row_major_bytes(t: torch.Tensor) -> np.ndarray:
 
 def _tensor_digest(t: torch.Tensor) -> bytes:
     h = hashlib.sha256()
-    buf = memoryview(_row_major_bytes(t))
+    buf = _row_major_bytes(t).data  # a memoryview of the bytes, no copy
     for start in range(0, len(buf), _HASH_CHUNK):
         h.update(buf[start : start + _HASH_CHUNK])  # releases the GIL: tensors hash in parallel
     return h.digest()
@@ -124,7 +124,7 @@ def weights_sha256(model: GPT) -> str:
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         digests = list(pool.map(lambda item: _tensor_digest(item[1]), items))
     top = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for (name, t), digest in zip(items, digests):
+    for (name, t), digest in zip(items, digests, strict=True):
         top.update(f"\n{name} {str(t.dtype).removeprefix('torch.')} {tuple(t.shape)} ".encode())
         top.update(digest)
     return top.hexdigest()
@@ -241,8 +241,11 @@ def _write_gguf(gguf: Any, model: GPT, path: Path, *, weight_type: str, digest: 
     # convert and write them one at a time in the same order.
     Q = gguf.GGMLQuantizationType
     # numpy has no bfloat16: bf16 tensors travel as their int16 bit patterns
-    float_dtypes = {Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16), Q.BF16: np.dtype(np.int16)}
-    plan = []
+    float_dtypes: dict[Any, np.dtype[Any]] = {
+        Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16), Q.BF16: np.dtype(np.int16)
+    }
+    plan: list[tuple[torch.Tensor, Any]] = []
+    dtype: np.dtype[Any]
     for name, t in _parameters(model):
         gguf_name = gguf_tensor_name(name)
         if gguf_name is None:
@@ -289,8 +292,3 @@ def read_gguf(path: Path | str) -> GGUFContents:
         types[t.name] = t.tensor_type.name
     metadata = {key: field.contents() for key, field in reader.fields.items()}
     return GGUFContents(tensors=tensors, types=types, metadata=metadata)
-
-
-def read_gguf_tensors(path: Path | str) -> dict[str, np.ndarray]:
-    """Every tensor of a GGUF file as float32 in row-major (logical) shape, dequantized."""
-    return read_gguf(path).tensors

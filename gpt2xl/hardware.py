@@ -14,16 +14,17 @@ as its roofline basis (see ``bench.records.roofline_basis``).
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import torch
@@ -32,7 +33,9 @@ from gpt2xl.devices import synchronize
 from gpt2xl.errors import ConfigError
 from gpt2xl.validation import check_int
 
-DEFAULT_CPU_PROBE_BYTES = 2 << 30  # 2 GiB: far beyond any last-level cache, as in PERF.md
+# 2 GiB: 64x the 32 MiB L3 of this project's 2-vCPU EPYC hosts (lscpu), and beyond the largest
+# last-level cache on sale (1152 MiB, a 3D V-Cache EPYC 9684X): the probe streams from memory.
+DEFAULT_CPU_PROBE_BYTES = 2 << 30
 DEFAULT_CUDA_PROBE_BYTES = 4 << 30  # beyond any GPU L2; small next to HBM
 # How each method counts bytes (the ``{…}`` are filled per probe); the keys are the method names
 # stored in results.
@@ -74,15 +77,6 @@ class BandwidthProbe:
     def rates(self) -> dict[str, float]:
         """``{method: bytes/s}`` with the method names of :data:`PROBE_METHODS`."""
         return {"sum": self.sum_bytes_per_s, "threaded-dot": self.dot_bytes_per_s, "copy": self.copy_bytes_per_s}
-
-    @property
-    def best_method(self) -> str:
-        rates = self.rates()
-        return max(rates, key=rates.__getitem__)
-
-    @property
-    def best_bytes_per_s(self) -> float:
-        return max(self.rates().values())
 
     def to_dict(self) -> dict[str, object]:
         size = _size_text(self.nbytes)
@@ -171,7 +165,7 @@ def measure_memory_bandwidth(
     with torch.inference_mode():
         sum_s = median_s(src.sum)
         dot_s = _threaded_dot_s(src, threads, median_s)
-        copy_s = median_s(lambda: dst.copy_(src))
+        copy_s = median_s(functools.partial(dst.copy_, src))
     del src, dst
     if device.type == "cuda":
         torch.cuda.empty_cache()

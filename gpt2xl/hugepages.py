@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +21,7 @@ MADV_HUGEPAGE = 14  # <sys/mman.h>
 
 
 @functools.cache
-def _madvise():
+def _madvise() -> Callable[[int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -170,7 +170,7 @@ def _bleu_against_others(
         if order_index == 0 and matches == 0:
             return 0.0  # NLTK: no unigram match means BLEU 0, whatever the smoothing
         denominator = max(1, sum(order_counts.values()))
-        precision = (matches if matches else SMOOTHING_EPSILON) / denominator
+        precision = (matches or SMOOTHING_EPSILON) / denominator
         log_precision += weight * math.log(precision)
     brevity = 1.0 if hyp_len > ref_len else math.exp(1.0 - ref_len / hyp_len)
     return brevity * math.exp(log_precision)

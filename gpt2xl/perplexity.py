@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,9 @@ from tqdm.auto import tqdm
 
 from gpt2xl.config import EOT_TOKEN_ID
 from gpt2xl.errors import ConfigError
-from gpt2xl.validation import check_int
 from gpt2xl.model import GPT
 from gpt2xl.tokenizer import encode
+from gpt2xl.validation import check_int
 
 ProgressHook = Callable[[int, int], None]  # (windows done, windows in all)
 
@@ -184,7 +185,9 @@ class NLLResult:
         if not math.isfinite(self.nll_sum) or self.nll_sum < 0:
             raise ConfigError(f"NLLResult.nll_sum must be finite and >= 0, got {self.nll_sum!r}.")
         if not 0 <= self.tokens_scored <= self.num_tokens:
-            raise ConfigError(f"NLLResult needs 0 <= tokens_scored <= num_tokens, got {self.tokens_scored}, {self.num_tokens}.")
+            raise ConfigError(
+                f"NLLResult needs 0 <= tokens_scored <= num_tokens, got {self.tokens_scored}, {self.num_tokens}."
+            )
 
     @property
     def mean_nll(self) -> float:
@@ -309,9 +312,19 @@ def encode_pair(context: str, target: str) -> tuple[list[int], list[int]]:
     return context_ids, whole[len(context_ids) :]
 
 
+class ContextTarget(Protocol):
+    """A LAMBADA item as :func:`lambada_eval` reads it (``gpt2xl.data.LambadaExample``)."""
+
+    @property
+    def context(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+
 def lambada_eval(
     model: GPT,
-    examples: Sequence[object],
+    examples: Sequence[ContextTarget],
     *,
     batch_size: int = 16,
     progress: bool | ProgressHook = False,
@@ -330,9 +343,9 @@ def lambada_eval(
     spans: list[tuple[list[int], int]] = []
     cropped = 0
     for ex in examples:
-        context_ids, target_ids = encode_pair(ex.context, ex.target)  # type: ignore[attr-defined]
+        context_ids, target_ids = encode_pair(ex.context, ex.target)
         if not target_ids:
-            raise ConfigError(f"A LAMBADA target encodes to no tokens: {ex.target!r}.")  # type: ignore[attr-defined]
+            raise ConfigError(f"A LAMBADA target encodes to no tokens: {ex.target!r}.")
         if len(target_ids) > block_size:
             raise ConfigError(f"A LAMBADA target of {len(target_ids)} tokens exceeds the context of {block_size}.")
         context_ids = context_ids or [EOT_TOKEN_ID]

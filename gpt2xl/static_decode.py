@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from gpt2xl.errors import ConfigError
-from gpt2xl.validation import check_int
 from gpt2xl.model import GPT, KVCache
+from gpt2xl.validation import check_int
 
 STATIC_LEN_MULTIPLE = 128
 
@@ -37,7 +37,7 @@ def static_cache_len(needed: int, block_size: int) -> int:
 
 
 def _decode_step(
-    model: GPT, cache: KVCache, slots: torch.Tensor, token: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor
+    model: GPT, cache: KVCache, slots: torch.Tensor, *, token: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor
 ) -> torch.Tensor:
     """Logits (B, V) for ``token`` (B, 1) at padded column ``pos`` (1,); row b has ``pad[b]``
     left-pad columns. Every shape is fixed by (B, max_len): nothing here depends on ``pos``'s value."""
@@ -67,7 +67,7 @@ class StaticDecoder:
         cache = self.cache
 
         def step(token: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-            return _decode_step(model, cache, slots, token, pos, pad)
+            return _decode_step(model, cache, slots, token=token, pos=pos, pad=pad)
 
         if compile is not None:
             # The cache is written in place on every replay: its address must be part of the graph.

@@ -82,6 +82,48 @@ def test_damaged_cache_entry_is_measured_again(cache) -> None:
     assert json.loads(path.read_text())["key"] == tune_key(CPU, torch.float32)
 
 
+def _first_choice(doc: dict, **changes: object) -> dict:
+    name = sorted(doc["choices"])[0]
+    return {**doc, "choices": {**doc["choices"], name: {**doc["choices"][name], **changes}}}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda doc: [],
+        lambda doc: {**doc, "choices": []},
+        lambda doc: {**doc, "choices": {name: "x" for name in doc["choices"]}},
+        lambda doc: _first_choice(doc, decode="bogus"),
+        lambda doc: _first_choice(doc, layout=None),
+        lambda doc: _first_choice(doc, shape=[8]),
+        lambda doc: _first_choice(doc, shape=["8", 4]),
+        lambda doc: _first_choice(doc, candidates={"out_in/linear": "fast"}),
+        lambda doc: _first_choice(doc, prefill_candidates=[1.0]),
+        lambda doc: _first_choice(doc, measure_s=True),
+    ],
+    ids=["list", "choices-list", "choice-string", "unknown-kernel", "no-layout", "short-shape", "string-dim",
+         "string-rate", "rates-list", "bool-seconds"],
+)
+def test_mistyped_cache_entry_is_measured_again(cache, monkeypatch, damage) -> None:
+    """Valid JSON of the wrong shape is as damaged as invalid JSON: measured again, never a crash."""
+    measured: list[str] = []
+
+    def stub(kind: str, shape: tuple[int, int], dtype: torch.dtype, *, model_copies: int) -> autotune.Choice:
+        measured.append(kind)
+        return autotune.choose(kind, shape, {"out_in/linear": 1.0}, {"out_in/linear": 1.0}, nbytes=1)
+
+    monkeypatch.setattr(autotune, "measure", stub)
+    config = get_preset("tiny")
+    tune(config, device=CPU, dtype=torch.float32, mode="fresh")
+    (path,) = (cache / "autotune").glob("*.json")
+    assert tune(config, device=CPU, dtype=torch.float32, mode="cached").cache_hit  # intact: reused
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    measured.clear()
+    report = tune(config, device=CPU, dtype=torch.float32, mode="cached")
+    assert not report.cache_hit and sorted(measured) == sorted(PROJECTION_KINDS)
+    assert json.loads(path.read_text())["key"] == tune_key(CPU, torch.float32)
+
+
 def test_off_times_nothing_and_runs_pytorch(cache, monkeypatch) -> None:
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("off must not time"))
     report = tune(get_preset("tiny"), device=CPU, dtype=torch.float32, mode="off")

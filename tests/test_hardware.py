@@ -29,7 +29,6 @@ def test_bandwidth_probe_small() -> None:
     assert set(rates) == set(PROBE_METHODS) == {"sum", "threaded-dot", "copy"}
     for value in rates.values():
         assert math.isfinite(value) and value > 0
-    assert probe.best_bytes_per_s == max(rates.values()) and rates[probe.best_method] == probe.best_bytes_per_s
     d = probe.to_dict()
     assert d["rates"] == rates and datetime.fromisoformat(d["measured_at"]).tzinfo is not None
     assert "sum" in d["methods"]["sum"] and "torch.dot" in d["methods"]["threaded-dot"] and "copy" in d["methods"]["copy"]

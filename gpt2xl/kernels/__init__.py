@@ -36,7 +36,9 @@ def _compiler_version() -> str:
     if shutil.which(cxx) is None:
         return "none"
     try:
-        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+        # Not checked: a compiler that prints its version and exits non-zero still names itself.
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+        return out.splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "unknown"
 
@@ -99,6 +101,9 @@ def native_isa() -> str | None:
 def linear_small(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` through the native kernel; ``weight`` contiguous ``[out, in]``,
     fp32 or bf16, on CPU. Results differ from ``F.linear`` only by summation order."""
+    module = native()
+    if module is None:  # callers route here only when native() is available
+        raise RuntimeError(f"the native kernels are unavailable: {unavailable_reason()}")
     lead = x.shape[:-1]
-    y = native().linear_small(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)  # (R, out)
+    y = module.linear_small(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)  # (R, out)
     return y.view(*lead, weight.shape[0])

@@ -31,6 +31,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any new file
         os.replace(tmp, path)
     except OSError as exc:
         raise output_error(path, exc) from exc
@@ -38,6 +39,12 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)  # gone after the rename; the leftover of a failure
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -57,7 +64,7 @@ def read_result(path: str | Path, *, kind: str | None = None) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ResultError(f"Cannot read result file {path} ({exc.strerror}).") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultError(f"{path} is not valid JSON ({exc}).") from exc
     if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
         found = doc.get("schema_version") if isinstance(doc, dict) else None

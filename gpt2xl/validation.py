@@ -125,6 +125,8 @@ def check_output_file(path: str | Path, *, name: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{name} {path} is a directory; pass a file name.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"Cannot write {name} {path}: {path.parent} is a file, not a directory; choose another path.")
     check_output_dir(path.parent, name=f"the folder of {name}")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"Cannot write {name} {path}: permission denied; choose a writable location.")
@@ -149,12 +151,15 @@ def check_memory(needed_bytes: int, *, what: str, hint: str) -> None:
         )
 
 
-def estimate_run_bytes(config: GPTConfig, *, batch_size: int, seq_len: int, dtype_bytes: int) -> int:
+def estimate_run_bytes(
+    config: GPTConfig, *, batch_size: int, seq_len: int, dtype_bytes: int, kv_cache: bool = True
+) -> int:
     """A generous estimate of the peak memory of running ``batch_size`` sequences of ``seq_len``
-    tokens: the weights, the KV cache, fp32 logits and their log-softmax over every position
-    (scoring needs them all), and the MLP's activations."""
+    tokens: the weights, the KV cache (sampling holds one; scoring whole windows does not), fp32
+    logits and their log-softmax over every position (scoring needs them all), and the MLP's
+    activations."""
     weights = config.num_parameters() * dtype_bytes
-    kv_cache = 2 * config.n_layer * batch_size * seq_len * config.n_embd * dtype_bytes
+    cache = 2 * config.n_layer * batch_size * seq_len * config.n_embd * dtype_bytes if kv_cache else 0
     logits = 2 * batch_size * seq_len * config.vocab_size * 4
     activations = 2 * batch_size * seq_len * config.mlp_width * 4
-    return weights + kv_cache + logits + activations
+    return weights + cache + logits + activations

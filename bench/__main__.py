@@ -1,6 +1,8 @@
 """``python -m bench``: run the throughput suite and render its report.
 
-Runs pytest on ``bench/`` in a child process (so every model it loaded is gone before plotting),
+Every option is checked first (ranges, the dtype list, the model spec, a writable run directory):
+a bad one prints one ``error:`` line and exits 2 before pytest starts. Then runs pytest on
+``bench/`` in a child process (so every model it loaded is gone before plotting),
 writing ``<run-dir>/bench.json`` (pytest-benchmark's format, metrics in each case's
 ``extra_info``), then ``<run-dir>/bench.md`` and PNG plots next to it. pytest's per-case lines
 show progress. Exit status: pytest's (0 when every case passed or was skipped with a reason).
@@ -21,33 +23,50 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
-from bench.profiles import PROFILES, default_model, get_profile
-
-AUTOTUNE_MODES = ("off", "cached", "fresh")  # bench.harness.AUTOTUNE_MODES, without importing torch here
-from gpt2xl.devices import resolve_dtype
-from gpt2xl.errors import GPT2XLError
+from bench.profiles import PROFILES, get_profile, local_xl_model, parse_dtypes
+from gpt2xl.errors import ConfigError, GPT2XLError, OutputError, WeightsError
 from gpt2xl.results import new_run_id
+from gpt2xl.validation import check_int, check_memory, check_output_dir, check_seed
 
+# This module stays torch-free at import (torch takes about a second to import), so that a bad
+# option fails at once: these mirror gpt2xl.autotune.MODES, which conftest passes to pytest.
+AUTOTUNE_MODES = ("off", "cached", "fresh")
+MIN_PROBE_BYTES = 1 << 20  # gpt2xl.hardware.default_probe_bytes's floor: smaller buffers sit in cache
 BENCH_DIR = Path(__file__).resolve().parent
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house's error format: one ``error:`` line and exit 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help.", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m bench",
-        description="Throughput benchmarks (tokens/s, prefill, memory, roofline) -> RUN_DIR/bench.json + bench.md + PNGs.",
+        description=("Throughput benchmarks (tokens/s, prefill, memory, roofline) -> RUN_DIR/bench.json + bench.md "
+                     "+ PNGs."),
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default: reports/<utc-time>)")
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
                         help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()))
     parser.add_argument("--model", default=None,
-                        help="model spec (default: the profile's; quick/full: gpt2-xl if in the HF cache, else random:gpt2-xl)")
+                        help=("model spec (default: the profile's; quick/full: gpt2-xl if in the HF cache, else "
+                              "random:gpt2-xl)"))
     parser.add_argument("--device", default="all", choices=("cpu", "cuda", "all"),
                         help="all (default) lists CUDA cases too; they are skipped with a reason when CUDA is absent")
-    parser.add_argument("--dtype", default=None, help="comma list of fp32,bf16,fp16 (default: the profile's per device)")
-    parser.add_argument("--probe-bytes", type=int, default=None, help="bandwidth probe buffer size in bytes")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's / torch's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights, prompts and sampling")
+    parser.add_argument("--dtype", default=None,
+                        help="comma list of fp32,bf16,fp16 (default: the profile's per device)")
+    parser.add_argument("--probe-bytes", type=int, default=None,
+                        help="bandwidth probe buffer size in bytes (>= 1 MiB; twice it must fit in available memory)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads, 1 to the CPU count (default: the profile's / torch's)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of random weights, prompts and sampling (0 to 2**63 - 1)")
     parser.add_argument("--autotune", default="cached", choices=AUTOTUNE_MODES,
                         help="kernel choices per projection: off (the plain plan), cached (default: measured once per "
                              "CPU / torch / threads / dtype and reused), fresh (measure again)")
@@ -73,34 +92,73 @@ def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
         cmd += ["--bench-model", args.model]
     if args.dtype:
         cmd += ["--bench-dtype", args.dtype]
-    if args.probe_bytes:
+    if args.probe_bytes is not None:
         cmd += ["--bench-probe-bytes", str(args.probe_bytes)]
-    if args.threads:
+    if args.threads is not None:
         cmd += ["--bench-threads", str(args.threads)]
     if args.keyword:
         cmd += ["-k", args.keyword]
     return cmd
 
 
+def _offline(env: dict[str, str]) -> bool:
+    return env.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_args(args: argparse.Namespace, env: dict[str, str]) -> Path:
+    """Check every option against its real domain, before pytest starts, and normalize them in
+    ``args`` (the dtype list, the model); return the run directory, created and proven writable.
+
+    The cheap checks come first; the model spec last but one, since resolving a checkpoint's or a
+    hub name's config imports torch; the run directory last, so that a bad option creates nothing.
+    A run directory that already holds a bench.json is refused.
+    Raises a GPT2XLError (ConfigError, WeightsError, OutputError) with one sentence.
+    """
+    if args.threads is not None:
+        check_int("--threads", args.threads, minimum=1, maximum=os.cpu_count() or 1)
+    if args.probe_bytes is not None:
+        check_int("--probe-bytes", args.probe_bytes, minimum=MIN_PROBE_BYTES)
+        check_memory(2 * args.probe_bytes,
+                     what=f"--probe-bytes {args.probe_bytes:,} (the copy probe holds two buffers)",
+                     hint="pass a smaller --probe-bytes, or leave it out for a quarter of the available memory.")
+    check_seed("--seed", args.seed)
+    if args.dtype is not None:
+        args.dtype = ",".join(parse_dtypes(args.dtype))
+    if args.model is not None:
+        if not args.model.strip():  # Path("") is the current directory: say what was meant
+            raise ConfigError("--model is empty; pass a hub name, a checkpoint directory or random:<preset>.")
+        from gpt2xl.weights import resolve_config
+
+        if resolve_config(args.model) is None and _offline(env):
+            raise WeightsError(
+                f"Model {args.model!r} is not in the local Hugging Face cache and the benchmark runs offline "
+                f"(HF_HUB_OFFLINE=1); download it first (gpt2xl generate x --model {args.model} --max-new-tokens 1) "
+                "or run with HF_HUB_OFFLINE=0."
+            )
+    elif get_profile(args.profile).default_model is None:
+        args.model = local_xl_model()
+    run_dir = (args.run_dir or Path("reports") / new_run_id()).resolve()
+    if (run_dir / "bench.json").exists():
+        # Overwriting would lose that run, and a run that then fails to write its own would be
+        # reported from the old file.
+        raise OutputError(
+            f"--run-dir {run_dir} already holds a bench.json; pass a new directory or move that file away.")
+    return check_output_dir(run_dir, name="--run-dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     profile = get_profile(args.profile)
-    for name in (args.dtype or "").split(","):
-        if name.strip():
-            try:
-                resolve_dtype(name.strip())  # fail in milliseconds, not at pytest collection
-            except GPT2XLError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-    if args.model is None and profile.default_model is None:
-        args.model = default_model()
-    run_dir = (args.run_dir or Path("reports") / new_run_id()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    json_path = run_dir / "bench.json"
     env = dict(os.environ)
-    # The default model was chosen from the local cache: never wait on the hub for it.
+    # A model spec is checked against the local cache: never wait on the hub for it.
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_dir = check_args(args, env)
+    except GPT2XLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    json_path = run_dir / "bench.json"
     print(f"[bench] profile {profile.name} ({profile.description}); model {args.model or profile.default_model}; "
           f"device {args.device}; output {run_dir}", flush=True)
     t0 = time.perf_counter()

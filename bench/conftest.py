@@ -8,13 +8,14 @@ never sees it. Nothing is loaded at collection time: models load when a case fir
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from bench.harness import BenchState, Options, finalize_roofline
-from bench.profiles import default_model, get_profile
+from bench.profiles import get_profile, local_xl_model, parse_dtypes
 from gpt2xl.autotune import MODES as AUTOTUNE_MODES
 
 _STATE_KEY = pytest.StashKey[BenchState]()
@@ -27,7 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-model", default=None,
                     help="model spec; default: the profile's, else pretrained gpt2-xl if cached, else random:gpt2-xl")
     group.addoption("--bench-device", default="all", help="cpu, cuda or all (default; absent CUDA is skipped)")
-    group.addoption("--bench-dtype", default=None, help="comma list (fp32,bf16,fp16); default: the profile's per device")
+    group.addoption("--bench-dtype", default=None,
+                    help="comma list (fp32,bf16,fp16); default: the profile's per device")
     group.addoption("--bench-probe-bytes", type=int, default=None,
                     help="bytes of the first and last CPU bandwidth probes (default: 2 GiB, capped by free RAM)")
     group.addoption("--bench-threads", type=int, default=None,
@@ -51,9 +53,9 @@ def _state(config: pytest.Config) -> BenchState:
         dtype_opt = config.getoption("--bench-dtype")
         options = Options(
             profile=profile,
-            model=config.getoption("--bench-model") or profile.default_model or default_model(),
+            model=config.getoption("--bench-model") or profile.default_model or local_xl_model(),
             devices=("cpu", "cuda") if device_opt == "all" else (device_opt,),
-            dtypes=tuple(d.strip() for d in dtype_opt.split(",") if d.strip()) if dtype_opt else None,
+            dtypes=parse_dtypes(dtype_opt, name="--bench-dtype") if dtype_opt else None,
             probe_bytes=config.getoption("--bench-probe-bytes") or profile.probe_bytes,
             seed=config.getoption("--bench-seed"),
             autotune=config.getoption("--bench-autotune"),
@@ -86,13 +88,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = profile.ratio_cases(devices=options.devices, dtypes=options.dtypes)
     if not cases:  # one visible skip with the reason, instead of pytest's anonymous NOTSET
         reason = f"profile {profile.name!r} has no {kind} cases for devices {', '.join(options.devices)}"
-        metafunc.parametrize("bench_case", [pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=[f"no-{kind}-cases"])
+        skipped = pytest.param(None, marks=pytest.mark.skip(reason=reason))
+        metafunc.parametrize("bench_case", [skipped], ids=[f"no-{kind}-cases"])
         return
     metafunc.parametrize("bench_case", cases, ids=[c.id(c.model or options.model) for c in cases])
 
 
 @pytest.fixture(scope="session")
-def bench_env(pytestconfig: pytest.Config) -> BenchState:
+def bench_env(pytestconfig: pytest.Config) -> Iterator[BenchState]:
     state = _state(pytestconfig)
     yield state
     state.free()
@@ -106,6 +109,6 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["gpt2xl"] = state.machine_info()
 
 
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]) -> None:
+def pytest_benchmark_update_json(output_json: dict[str, Any]) -> None:  # pluggy passes the arguments named
     """Every case has run: the roofline basis and each case's fraction of it."""
     finalize_roofline(output_json)

@@ -1,7 +1,8 @@
 """Benchmark profiles: which cases a run measures, as data.
 
 A *case* is one (model, device, dtype, sampler, batch, prompt length, new tokens) point. Profiles
-are sized for a 2-core CPU box (see ../shared/PERF.md for the speeds the budgets assume):
+are sized for a 2-core CPU box, where our gpt2-xl decodes about 5 tok/s in fp32 and 10 in bf16
+and the quick profile measured in 9 min 19 s (README, "Measured here"):
 
 - ``smoke``: ``random:tiny``, seconds; for tests of the pipeline itself.
 - ``gate``: ``random:gpt2`` fp32, the samplers interleaved round by round so their RATIOS hold on
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpt2xl.dtypes import DTYPE_NAMES, check_dtype_name
 from gpt2xl.errors import ConfigError
+from gpt2xl.validation import parse_list
 
 # "reference": the textbook loop, no KV cache; "cached": our KV-cached sampler with the kernels
 # autotuned for this machine; "cached-plain": the same with the tuned kernels switched off (plain
@@ -36,7 +39,6 @@ SAMPLERS = ("reference", "cached", "cached-plain", "compiled", "hf", "llamacpp",
 CUDA_ONLY_SAMPLERS = ("compiled",)
 CPU_ONLY_SAMPLERS = ("llamacpp", "llamacpp-q8_0")
 DEVICES = ("cpu", "cuda")
-DTYPES = ("fp32", "fp16", "bf16")
 BETWEEN_PROBE_BYTES = 1 << 30  # probes between models: cheap, still far beyond any cache
 
 
@@ -57,8 +59,7 @@ class Case:
             raise ConfigError(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
         if self.device not in DEVICES:
             raise ConfigError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"Unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}.")
+        check_dtype_name(self.dtype)
         for name in ("batch_size", "prompt_len", "new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Case.{name} must be >= 1, got {getattr(self, name)}.")
@@ -103,9 +104,24 @@ class Profile:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.warmup_rounds < 0 or self.scaling_rounds < 1 or self.ratio_rounds < 0:
             raise ConfigError(f"Profile {self.name}: rounds must be >= 1 and warm-up rounds >= 0.")
-        unknown = [s for s in self.ratio_samplers if s not in SAMPLERS]
+        samplers = [p[0] for p in self.points] + [*self.scaling_samplers, *self.ratio_samplers]
+        unknown = sorted({s for s in samplers if s not in SAMPLERS})
         if unknown:
-            raise ConfigError(f"Profile {self.name}: unknown ratio sampler(s) {', '.join(unknown)}.")
+            raise ConfigError(f"Profile {self.name}: unknown sampler(s) {', '.join(unknown)}; "
+                              f"choose from {', '.join(SAMPLERS)}.")
+        check_dtype_name(self.scaling_dtype)
+        for device, dtypes in self.dtypes.items():
+            if device not in DEVICES:
+                raise ConfigError(f"Profile {self.name}: unknown device {device!r}; choose from {', '.join(DEVICES)}.")
+            for dtype in dtypes:
+                check_dtype_name(dtype)
+            _check_unique(self.name, f"dtypes of {device}", dtypes)
+        # A repeated entry would give two cases one pytest id (and one bench.json name), so that
+        # the second silently shadows the first in compare and the report: refuse it here.
+        _check_unique(self.name, "points", self.points)
+        _check_unique(self.name, "scaling_samplers", self.scaling_samplers)
+        _check_unique(self.name, "scaling_new_tokens", self.scaling_new_tokens)
+        _check_unique(self.name, "ratio_samplers", self.ratio_samplers)
 
     def cases(self, *, devices: tuple[str, ...], dtypes: tuple[str, ...] | None) -> list[Case]:
         """Main-suite cases, grouped by (device, dtype) so each model is loaded once."""
@@ -143,6 +159,19 @@ class Profile:
             for device in devices
             for dtype in (dtypes if dtypes is not None else self.dtypes.get(device, ()))
         ]
+
+
+def _check_unique(profile: str, what: str, values: tuple) -> None:
+    repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(
+            f"Profile {profile}: {what} lists {', '.join(repeated)} more than once; each case must be unique.")
+
+
+def parse_dtypes(text: str, *, name: str = "--dtype") -> tuple[str, ...]:
+    """A comma list of dtype names (``fp32,bf16``): an empty item, a repeat or an unknown name is
+    a ConfigError naming ``name``."""
+    return parse_list(text, name=name, item=check_dtype_name, what=f"dtypes ({', '.join(DTYPE_NAMES)})")
 
 
 _CUDA_DTYPES = ("fp16", "bf16")
@@ -184,7 +213,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
         description=("gpt2-xl fp32 (+bf16 where the CPU has native bf16), batch 1, prompt 16, 32 new (reference: 8): "
-                     "ours tuned and plain, HF, llama.cpp (+q8_0) when installed, then ours / llama.cpp / HF interleaved, + sweep on gpt2: ~12 min"),
+                     "ours tuned and plain, HF, llama.cpp (+q8_0) when installed, then ours / llama.cpp / HF "
+                     "interleaved, + sweep on gpt2: ~12 min"),
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
         points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("cached-plain", 1, 16, 32), ("compiled", 1, 16, 32),
@@ -230,7 +260,7 @@ def get_profile(name: str) -> Profile:
         raise ConfigError(f"Unknown benchmark profile {name!r}; choose one of: {', '.join(PROFILES)}.") from None
 
 
-def default_model() -> str:
+def local_xl_model() -> str:
     """``gpt2-xl`` (pretrained) when its weights are in the local Hugging Face cache, else
     ``random:gpt2-xl``: same shapes, and throughput does not depend on weight values. Looks at the
     cache only, so it never waits on the network."""

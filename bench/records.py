@@ -5,21 +5,25 @@ ratio table, and the roofline basis. Pure functions on plain numbers and dicts; 
 A *record* is a case's ``extra_info`` (or one sampler's entry in an interleaved case's
 ``samplers``): ``decode_tokens_per_s``, ``prefill_s``, ``tokens_per_s``, ``achieved_bytes_per_s``,
 ``valid`` and ``invalid_reason`` among others (see ``bench.harness.sampler_record``).
+:func:`document_problem` is the shape a reader relies on, checked once when a file is read.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 NOISY_SPREAD = 0.15  # probes whose max/min - 1 exceeds this: the report calls the machine noisy
-RATE_FIELDS = ("prefill_s", "decode_tokens_per_s", "tokens_per_s")  # must be > 0 and finite when present
+# Speeds and times that must be > 0 and finite when present: a record holding one that is zero,
+# negative or not finite holds no valid measurement (:func:`invalid_reason`, the one rule).
+RATE_FIELDS = ("prefill_s", "decode_tokens_per_s", "tokens_per_s", "decode_s", "decode_s_per_token")
+MEASURED_KINDS = ("throughput", "scaling", "ratios")  # extra_info["kind"] of the cases the suite writes
 
 
-def is_rate(value: object) -> bool:
+def is_rate(value: object) -> TypeGuard[float]:
     """A usable measurement: a real number, finite and > 0 (not a bool, not None)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
@@ -140,10 +144,10 @@ def ratio_of(name: str, numerator: Mapping[str, Any], denominator: Mapping[str, 
     else:
         field = "decode_tokens_per_s" if d.metric == "decode" else "tokens_per_s"
         num, den = numerator.get(field), denominator.get(field)
-    if not (is_rate(num) and is_rate(den)):
-        return None
-    value = num / den
-    return value if is_rate(value) else None
+    if is_rate(num) and is_rate(den):
+        value = num / den
+        return value if is_rate(value) else None
+    return None
 
 
 # --- bandwidth probes and the roofline basis ------------------------------------------------------
@@ -155,7 +159,8 @@ def probe_summary(probes: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, di
     for probe in probes:
         for method, value in (probe.get("rates") or {}).items():
             if is_rate(value):
-                by.setdefault(str(probe.get("device", "?")).split(":")[0], {}).setdefault(method, []).append(float(value))
+                device = str(probe.get("device", "?")).split(":")[0]
+                by.setdefault(device, {}).setdefault(method, []).append(float(value))
     return {
         device: {
             method: {"n": len(v), "median": statistics.median(v), "min": min(v), "max": max(v),
@@ -172,7 +177,8 @@ def probe_candidates(probes: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str,
         device = str(probe.get("device", "?")).split(":")[0]
         for method, value in (probe.get("rates") or {}).items():
             if is_rate(value):
-                yield device, f"probe {method} ({probe.get('label', 'probe')}, {probe.get('measured_at', '?')})", float(value)
+                where = f"{probe.get('label', 'probe')}, {probe.get('measured_at', '?')}"
+                yield device, f"probe {method} ({where})", float(value)
 
 
 def engine_candidates(infos: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, str, float]]:
@@ -201,4 +207,147 @@ def roofline_basis(candidates: Iterable[tuple[str, str, float]]) -> dict[str, di
 
 def roofline_fraction(achieved: object, basis: object) -> float | None:
     """``achieved / basis`` when both are usable rates, else None."""
-    return achieved / basis if is_rate(achieved) and is_rate(basis) else None  # type: ignore[operator]
+    return achieved / basis if is_rate(achieved) and is_rate(basis) else None
+
+
+# --- the shape of a bench.json --------------------------------------------------------------------
+
+_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "flag": (lambda v: isinstance(v, bool), "true or false"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+}
+# The fields of a record that readers use, and their JSON type; null stands for "not recorded".
+RECORD_FIELDS: dict[str, str] = {
+    **dict.fromkeys((*RATE_FIELDS, "achieved_bytes_per_s", "peak_memory_bytes", "weight_bytes", "roofline_fraction",
+                     "tuning_s", "prefill_s_spread", "decode_tokens_per_s_spread", "tokens_per_s_spread"), "number"),
+    **dict.fromkeys(("kind", "sampler", "model", "device", "device_name", "dtype", "invalid_reason", "weights_label",
+                     "weight_layout", "hf_weight_layout", "gguf_type", "spread_kind"), "text"),
+    **dict.fromkeys(("batch_size", "prompt_len", "new_tokens"), "count"),
+    **dict.fromkeys(("valid", "weights_random", "kernels_used"), "flag"),
+    **dict.fromkeys(("samplers", "samplers_skipped", "ratios", "ratios_missing", "kernels"), "object"),
+}
+# What identifies a measured case: every one must carry these, and no two may share them.
+CASE_IDENTITY = ("kind", "model", "device", "dtype", "sampler", "batch_size", "prompt_len", "new_tokens")
+# machine_info["gpt2xl"]: field -> (its type, the type of each of its items or None).
+MACHINE_FIELDS: dict[str, tuple[str, str | None]] = {
+    "environment": ("object", None), "cpu_flags": ("list", "text"), "cpu_native": ("object", None),
+    "bandwidth_probes": ("list", "object"), "peers": ("object", "object"), "roofline_basis": ("object", "object"),
+    "bandwidth": ("object", "object"), "peak_memory_method": ("object", None),
+}
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _mistyped(value: object, kind: str, where: str, *, nullable: bool = True) -> Iterator[str]:
+    """What is wrong with ``value`` (at ``where``) if it is not of ``kind`` (or null, when allowed)."""
+    ok, what = _TYPES[kind]
+    if (value is not None or not nullable) and not ok(value):
+        yield f"{where} is {_show(value)}, expected {what}"
+
+
+def _mistyped_items(container: list[Any] | dict[str, Any] | None, kind: str, where: str) -> Iterator[str]:
+    """The items of a list or object (already checked to be one), none of which may be null."""
+    items = container.items() if isinstance(container, dict) else enumerate(container or ())
+    for key, value in items:
+        yield from _mistyped(value, kind, f"{where}[{key!r}]", nullable=False)
+
+
+def _mistyped_fields(record: Mapping[str, Any], fields: Mapping[str, str], where: str) -> Iterator[str]:
+    for name, kind in fields.items():
+        yield from _mistyped(record.get(name), kind, f"{where}.{name}")
+
+
+# Each generator below yields the problems of its part in order; the caller takes the first, so a
+# check runs only after the checks it relies on (a list is a list before its items are read).
+
+def _benchmark_problems(bench: object, where: str) -> Iterator[str]:
+    if not isinstance(bench, dict):
+        yield f"{where} is {_show(bench)}, expected an object"
+        return
+    name, info = bench.get("name"), bench.get("extra_info")
+    if name is None or info is None:
+        yield f"{where} has no {'name' if name is None else 'extra_info'} (a case written by python -m bench has both)"
+    if not isinstance(name, str) or not name:
+        yield f"{where}.name is {_show(name)}, expected the case's name"
+    where = f"{where}.extra_info"
+    if not isinstance(info, dict):
+        yield f"{where} is {_show(info)}, expected an object holding the case's metrics"
+        return
+    yield from _mistyped_fields(info, RECORD_FIELDS, where)
+    if info.get("kind") not in MEASURED_KINDS:
+        yield f"{where}.kind is {_show(info.get('kind'))}, expected one of {', '.join(MEASURED_KINDS)}"
+    missing = [name for name in CASE_IDENTITY if info.get(name) is None]
+    if missing:
+        yield f"{where} has no {', '.join(missing)}"
+    yield from _mistyped_items(info.get("ratios"), "number", f"{where}.ratios")
+    yield from _mistyped_items(info.get("samplers"), "object", f"{where}.samplers")
+    for sampler, record in (info.get("samplers") or {}).items():
+        yield from _mistyped_fields(record, RECORD_FIELDS, f"{where}.samplers[{sampler!r}]")
+    kernels = info.get("kernels") or {}
+    choices = kernels.get("choices")
+    yield from _mistyped(choices, "list", f"{where}.kernels.choices")
+    yield from _mistyped_items(choices, "object", f"{where}.kernels.choices")
+    for i, choice in enumerate(choices or ()):
+        yield from _mistyped_fields(choice, {"candidates": "object", "shape": "list"}, f"{where}.kernels.choices[{i}]")
+
+
+def _machine_problems(machine: object) -> Iterator[str]:
+    if machine is None:
+        return
+    if not isinstance(machine, dict):
+        yield f"machine_info is {_show(machine)}, expected an object"
+        return
+    yield from _mistyped(machine.get("cpu"), "object", "machine_info.cpu")
+    g = machine.get("gpt2xl")
+    if g is None:
+        return
+    if not isinstance(g, dict):
+        yield f"machine_info.gpt2xl is {_show(g)}, expected an object"
+        return
+    for name, (kind, item) in MACHINE_FIELDS.items():
+        yield from _mistyped(g.get(name), kind, f"machine_info.gpt2xl.{name}")
+        if item is not None:
+            yield from _mistyped_items(g.get(name), item, f"machine_info.gpt2xl.{name}")
+    gpus = (g.get("environment") or {}).get("gpus")
+    yield from _mistyped(gpus, "list", "machine_info.gpt2xl.environment.gpus")
+    yield from _mistyped_items(gpus, "object", "machine_info.gpt2xl.environment.gpus")
+    for i, probe in enumerate(g.get("bandwidth_probes") or ()):
+        yield from _mistyped(probe.get("rates"), "object", f"machine_info.gpt2xl.bandwidth_probes[{i}].rates")
+
+
+def _document_problems(doc: object) -> Iterator[str]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+        yield "it holds no 'benchmarks' list"
+        return
+    yield from _machine_problems(doc.get("machine_info"))
+    names: dict[str, int] = {}
+    cases: dict[tuple[Any, ...], int] = {}
+    for i, bench in enumerate(doc["benchmarks"]):
+        yield from _benchmark_problems(bench, f"benchmarks[{i}]")
+        name, info = bench["name"], bench["extra_info"]
+        if name in names:
+            yield (f"benchmarks[{names[name]}] and benchmarks[{i}] have the same name {name!r} "
+                   "(each case must appear once)")
+        identity = tuple(info[k] for k in CASE_IDENTITY)
+        if identity in cases:
+            what = ", ".join(f"{k} {v}" for k, v in zip(CASE_IDENTITY, identity, strict=True))
+            yield (f"benchmarks[{cases[identity]}] and benchmarks[{i}] measure the same case ({what}: each case "
+                   "must appear once)")
+        names[name] = cases[identity] = i
+
+
+def document_problem(doc: object) -> str | None:
+    """Why ``doc`` (a parsed ``bench.json``) is not a benchmark run the readers can use, or None:
+    the first field of the wrong JSON type, named by its path (``benchmarks[3].extra_info.prefill_s
+    is 'fast', expected a number``), a case without its identity, or two benchmarks with one name
+    or one identity (the second would shadow the first in compare and the report). A number that
+    is zero, negative or not finite has the right type: such a case holds no valid measurement
+    (:func:`invalid_reason`), which compare fails on by name."""
+    return next(_document_problems(doc), None)

@@ -9,20 +9,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpt2xl.dtypes import DTYPES, check_dtype_name
 from gpt2xl.errors import ConfigError, DeviceError
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The names of gpt2xl.dtypes (the one vocabulary) as torch dtypes.
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, spec.torch_name) for name, spec in DTYPES.items()}
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"Unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}.") from None
+    """The torch dtype of a user's dtype name; ConfigError for an unknown name."""
+    return TORCH_DTYPES[check_dtype_name(name)]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    return next(k for k, v in DTYPES.items() if v == dtype)
+    return next(k for k, v in TORCH_DTYPES.items() if v == dtype)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,14 +18,15 @@ def compare(
         "torch CPU capability the new run recorded, e.g. AVX2, AVX512); with no baseline for the kind, "
         "only floors and validity are checked, and the output says so."))],
     new: Annotated[Path, typer.Argument(help="New bench.json.")],
+    *,
     max_slowdown: Annotated[str, typer.Option(help="Largest tolerated slowdown per case, e.g. 10% or 0.1.")] = "10%",
     ratios: Annotated[bool, typer.Option("--ratios", help=(
         "Compare speed ratios measured within each run instead of absolute speeds: the gate that holds "
         f"on a noisy machine. Ratios: {_RATIO_HELP}."))] = False,
-    metric: Annotated[str, typer.Option(help=(
-        "Per-case metric in throughput mode: decode_tokens_per_s (default), tokens_per_s, prefill_s, "
-        "decode_s_per_token, peak_memory_bytes."))] = "decode_tokens_per_s",
-    floor: Annotated[Optional[list[str]], typer.Option(help=(
+    metric: Annotated[str | None, typer.Option(help=(
+        "Per-case metric in throughput mode (not with --ratios): decode_tokens_per_s (default), tokens_per_s, "
+        "prefill_s, decode_s, decode_s_per_token, peak_memory_bytes."))] = None,
+    floor: Annotated[list[str] | None, typer.Option(help=(
         "Ratios mode: an absolute floor NAME=VALUE, e.g. cached_vs_reference_decode=2 (repeatable); NAME one of "
         f"{', '.join(RATIOS)}; VALUE a finite number > 0."))] = None,
 ) -> None:
@@ -36,7 +37,7 @@ def compare(
     """
     from gpt2xl_app.compare import compare_files, format_table, parse_floors, parse_fraction
 
-    result = compare_files(
+    result = compare_files(  # checks every option before it reads either file
         old,
         new,
         max_slowdown=parse_fraction(max_slowdown),

@@ -12,6 +12,7 @@ engine's achieved weight-read rate, so none exceeds 100%.
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from bench.records import (
     roofline_basis,
     roofline_fraction,
 )
-from gpt2xl.results import write_text_atomic
+from gpt2xl.results import write_bytes_atomic, write_text_atomic
+from gpt2xl.validation import check_output_dir, check_output_file
 from gpt2xl_app.compare import RatioEntry, load_bench, ratio_entries
 
 TOKENS_PLOT = "bench_tokens_per_s.png"
@@ -87,7 +89,8 @@ def doc_roofline_basis(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     engine rate in the document that beats it (so a hand-made or older file cannot yield a
     fraction above 1)."""
     g = _g(doc)
-    stored = [(d, b.get("source", "stored basis"), b.get("bytes_per_s")) for d, b in (g.get("roofline_basis") or {}).items()]
+    stored = [(d, b.get("source", "stored basis"), b.get("bytes_per_s"))
+              for d, b in (g.get("roofline_basis") or {}).items()]
     old = [(d, f"probe sum ({p.get('read_method', 'start')})", p.get("read_bytes_per_s"))
            for d, p in (g.get("bandwidth") or {}).items()]  # files written before per-method probes
     infos = [b.get("extra_info") or {} for b in doc.get("benchmarks", [])]
@@ -101,29 +104,29 @@ def _fraction(record: dict[str, Any], basis: dict[str, dict[str, Any]], device: 
 
 # --- provenance --------------------------------------------------------------------------------------
 
-def _provenance(doc: dict[str, Any], basis: dict[str, dict[str, Any]]) -> list[str]:
-    mi = doc.get("machine_info", {}) or {}
+def _bench_provenance(doc: dict[str, Any], basis: dict[str, dict[str, Any]]) -> list[str]:
+    mi = doc.get("machine_info") or {}
     g = _g(doc)
-    env = g.get("environment", {})
+    env = g.get("environment") or {}
     lines = []
-    labels = sorted({c.get("weights_label", "?") + ("\0" if c.get("weights_random") else "")
+    labels = sorted({(c.get("weights_label") or "?") + ("\0" if c.get("weights_random") else "")
                      for b in doc.get("benchmarks", []) for c in [b.get("extra_info", {})]})
     for label in labels:
         if label.endswith("\0"):
             lines.append(f"- Weights: **{label[:-1]}** — throughput only; speeds do not depend on weight values")
         else:
             lines.append(f"- Weights: {label}")
-    lines.append(f"- Profile: `{g.get('profile', '?')}` ({g.get('profile_description', '')}); model option `{g.get('model', '?')}`")
+    lines.append(f"- Profile: `{g.get('profile', '?')}` ({g.get('profile_description', '')}); "
+                 f"model option `{g.get('model', '?')}`")
     flags = g.get("cpu_flags")
     native = g.get("cpu_native") or {}
     native_text = ", ".join(f"{k} {'native' if v else 'emulated'}" for k, v in native.items())
-    lines.append(f"- CPU: {env.get('cpu', mi.get('cpu', {}).get('brand_raw', '?'))} "
+    lines.append(f"- CPU: {env.get('cpu') or (mi.get('cpu') or {}).get('brand_raw', '?')} "
                  f"(torch capability {g.get('cpu_capability', '?')}; flags: {' '.join(flags) if flags else '?'}"
                  f"{'; ' + native_text if native_text else ''}), {env.get('torch_threads', '?')} torch threads "
                  f"of {env.get('cpu_count', '?')} CPUs, RAM {_gb(env.get('ram_bytes'))} GB")
-    for gpu in env.get("gpus", []) or []:
-        lines.append(f"- GPU: {gpu.get('name')} ({_gb(gpu.get('memory_bytes'))} GB, capability {gpu.get('capability')}), "
-                     f"driver {env.get('cuda_driver')}, CUDA {env.get('cuda_version')}")
+    lines += [f"- GPU: {gpu.get('name')} ({_gb(gpu.get('memory_bytes'))} GB, capability {gpu.get('capability')}), "
+              f"driver {env.get('cuda_driver')}, CUDA {env.get('cuda_version')}" for gpu in env.get("gpus") or []]
     if not env.get("gpus"):
         lines.append(f"- GPU: none usable (torch CUDA build: {env.get('cuda_version')}); CUDA cases were skipped")
     lines.append(f"- torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
@@ -149,7 +152,7 @@ def _provenance(doc: dict[str, Any], basis: dict[str, dict[str, Any]]) -> list[s
 
 def _bandwidth_lines(g: dict[str, Any], basis: dict[str, dict[str, Any]]) -> list[str]:
     probes = g.get("bandwidth_probes") or []
-    summary = g.get("bandwidth_summary") or probe_summary(probes)
+    summary = probe_summary(probes)  # what the harness stored as bandwidth_summary, from the checked probes
     lines = []
     for device, methods in sorted(summary.items()):
         mine = [p for p in probes if str(p.get("device", "")).split(":")[0] == device]
@@ -173,10 +176,13 @@ def _bandwidth_lines(g: dict[str, Any], basis: dict[str, dict[str, Any]]) -> lis
 
 # --- tables --------------------------------------------------------------------------------------------
 
-def _sort_key(c: dict[str, Any]) -> tuple:
-    order = {s: i for i, s in enumerate(SAMPLER_ORDER)}
-    return (str(c.get("model", "")), str(c.get("device")), str(c.get("dtype")), c.get("batch_size") or 0,
-            c.get("prompt_len") or 0, c.get("new_tokens") or 0, order.get(c.get("sampler"), 99))
+def _sampler_rank(sampler: str) -> int:
+    return SAMPLER_ORDER.index(sampler) if sampler in SAMPLER_ORDER else len(SAMPLER_ORDER)
+
+
+def _sort_key(c: dict[str, Any]) -> tuple[Any, ...]:
+    return (c["model"], c["device"], c["dtype"], c["batch_size"], c["prompt_len"], c["new_tokens"],
+            _sampler_rank(c["sampler"]))
 
 
 def _kernel_text(c: dict[str, Any]) -> str:
@@ -198,14 +204,14 @@ def _table(cases: list[dict[str, Any]], basis: dict[str, dict[str, Any]]) -> lis
             "| peak mem GB | weights GB | achieved GB/s | roofline | kernels |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in sorted(cases, key=_sort_key):
-        ident = (f"| {SAMPLER_NAMES.get(c.get('sampler'), c.get('sampler'))} | {c.get('model')} | {c.get('device')} "
+        ident = (f"| {SAMPLER_NAMES.get(c['sampler'], c['sampler'])} | {c['model']} | {c['device']} "
                  f"| {c.get('dtype')} | {c.get('batch_size')} | {c.get('prompt_len')} | {c.get('new_tokens')} ")
         reason = invalid_reason(c)
         if reason is not None:
             lines.append(ident + f"| — | invalid ({reason}) | — | {_gb(c.get('peak_memory_bytes'))} "
                          f"| {_gb(c.get('weight_bytes'))} | — | — | {_kernel_text(c)} |")
             continue
-        f = _fraction(c, basis, c.get("device"))
+        f = _fraction(c, basis, c["device"])
         lines.append(
             ident + f"| {_pm(c.get('prefill_s'), c.get('prefill_s_spread'), '.0f', 1000)} "
             f"| {_pm(c.get('decode_tokens_per_s'), c.get('decode_tokens_per_s_spread'))} "
@@ -221,7 +227,8 @@ def _expand_ratio_cases(ratio_cases: list[dict[str, Any]]) -> list[dict[str, Any
     out = []
     for c in ratio_cases:
         for sampler, record in (c.get("samplers") or {}).items():
-            ident = {k: v for k, v in c.items() if k not in ("samplers", "ratios", "ratios_missing", "samplers_skipped")}
+            ident = {k: v for k, v in c.items()
+                     if k not in ("samplers", "ratios", "ratios_missing", "samplers_skipped")}
             out.append({**ident, **record, "sampler": sampler})
     return out
 
@@ -268,9 +275,10 @@ def _kernel_section(cases: list[dict[str, Any]]) -> list[str]:
                 cand_text = ", ".join(f"{n} {v:.1f}" for n, v in ranked) or "—"
                 shape = ch.get("shape")
                 lines.append(f"| {ch.get('name', '?')} | {' × '.join(map(str, shape)) if shape else '?'} "
-                             f"| {ch.get('layout', '?')} | {ch.get('decode', '?')} | {ch.get('prefill', '?')} | {cand_text} |")
+                             f"| {ch.get('layout', '?')} | {ch.get('decode', '?')} | {ch.get('prefill', '?')} "
+                             f"| {cand_text} |")
             lines.append("")
-    return lines + [""]
+    return [*lines, ""]
 
 
 # --- targets -------------------------------------------------------------------------------------------
@@ -289,12 +297,14 @@ def _targets(doc: dict[str, Any], entries: list[RatioEntry], basis: dict[str, di
     throughput = _cases(doc, "throughput")
     ratio_cases = _cases(doc, "ratios")
     lines = []
-    groups = sorted({e.group for e in entries if e.group[1] == "cpu" and e.group[3] == 1}, key=lambda t: tuple(map(str, t)))
+    groups = sorted({e.group for e in entries if e.group[1] == "cpu" and e.group[3] == 1},
+                    key=lambda t: tuple(map(str, t)))
     for group in groups:
         model, _device, dtype, _b, prompt, n = group
         where = f"CPU batch 1 {model} {dtype}, prompt {prompt}, {n} new"
         is_target = dtype == "fp32" or native.get(dtype) is True
-        for name, what in (("ours_vs_llamacpp_decode", "decode"), ("ours_vs_llamacpp_prefill", f"prefill of {prompt} tokens")):
+        for name, what in (("ours_vs_llamacpp_decode", "decode"),
+                           ("ours_vs_llamacpp_prefill", f"prefill of {prompt} tokens")):
             e = _best_ratio(entries, group, name)
             if e is None:
                 continue
@@ -310,8 +320,9 @@ def _targets(doc: dict[str, Any], entries: list[RatioEntry], basis: dict[str, di
             lines.append(f"- {where}: tuned kernels vs plain `F.linear` decode = **{e.value:.2f}×** "
                          f"(what autotuning adds, same run)")
     peers = g.get("peers") or {}
-    if not any(e.name.startswith("ours_vs_llamacpp") for e in entries) and peers.get("llamacpp", {}).get("available") is False:
-        lines.append(f"- Ours vs llama.cpp: not measured ({peers['llamacpp'].get('reason')})")
+    llamacpp = peers.get("llamacpp") or {}
+    if not any(e.name.startswith("ours_vs_llamacpp") for e in entries) and llamacpp.get("available") is False:
+        lines.append(f"- Ours vs llama.cpp: not measured ({llamacpp.get('reason')})")
     lines += _bf16_targets(throughput + _expand_ratio_cases(ratio_cases), native)
     lines += _fraction_target(doc, basis)
     lines += _cuda_targets(entries, throughput, basis)
@@ -323,15 +334,16 @@ def _bf16_targets(cases: list[dict[str, Any]], native: dict[str, Any]) -> list[s
     """Our bf16 decode over our fp32 decode, per CPU batch-1 (model, prompt, new) with both."""
     ours: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for c in cases:
-        if c.get("sampler") == "cached" and c.get("device") == "cpu" and c.get("batch_size") == 1 and invalid_reason(c) is None:
-            ours[(c.get("model"), c.get("prompt_len"), c.get("new_tokens"))].setdefault(c.get("dtype"), c)
+        if (c["sampler"], c["device"], c["batch_size"]) == ("cached", "cpu", 1) and invalid_reason(c) is None:
+            ours[(c["model"], c["prompt_len"], c["new_tokens"])].setdefault(c["dtype"], c)
     lines = []
     for (model, prompt, n), by_dtype in sorted(ours.items(), key=lambda kv: tuple(map(str, kv[0]))):
         if "fp32" in by_dtype and "bf16" in by_dtype:
             r = by_dtype["bf16"]["decode_tokens_per_s"] / by_dtype["fp32"]["decode_tokens_per_s"]
             verdict = (f"target ≥ {BF16_VS_FP32_TARGET}×: {_verdict(r, BF16_VS_FP32_TARGET)}" if native.get("bf16")
                        else "not a target: bf16 is emulated on this CPU")
-            lines.append(f"- CPU batch 1 {model}, prompt {prompt}, {n} new: our bf16 vs our fp32 decode = **{r:.2f}×** ({verdict})")
+            lines.append(f"- CPU batch 1 {model}, prompt {prompt}, {n} new: our bf16 vs our fp32 decode = "
+                         f"**{r:.2f}×** ({verdict})")
     return lines
 
 
@@ -339,26 +351,29 @@ def _fraction_target(doc: dict[str, Any], basis: dict[str, dict[str, Any]]) -> l
     best = None
     for c in [*_cases(doc, "throughput"), *_expand_ratio_cases(_cases(doc, "ratios"))]:
         if invalid_reason(c) is None:
-            f = _fraction(c, basis, c.get("device"))
+            f = _fraction(c, basis, c["device"])
             if f is not None and (best is None or f > best[0]):
                 best = (f, c)
     if best is None:
         return []
     f, c = best
-    return [f"- Highest roofline fraction: **{f:.0%}** ({SAMPLER_NAMES.get(c.get('sampler'), c.get('sampler'))}, "
-            f"{c.get('model')} {c.get('device')} {c.get('dtype')}) (target: none above 100%: "
-            f"{'met' if f <= 1.0 else 'NOT met'}; the basis is the best probe or engine of the run)"]
+    return [(f"- Highest roofline fraction: **{f:.0%}** ({SAMPLER_NAMES.get(c['sampler'], c['sampler'])}, "
+             f"{c['model']} {c['device']} {c['dtype']}) (target: none above 100%: "
+             f"{'met' if f <= 1.0 else 'NOT met'}; the basis is the best probe or engine of the run)")]
 
 
-def _cuda_targets(entries: list[RatioEntry], throughput: list[dict[str, Any]], basis: dict[str, dict[str, Any]]) -> list[str]:
+def _cuda_targets(
+    entries: list[RatioEntry], throughput: list[dict[str, Any]], basis: dict[str, dict[str, Any]]
+) -> list[str]:
     """Compiled (CUDA-graph) decode vs HF and vs the HBM read bandwidth."""
-    lines = []
-    for e in entries:
-        if e.name == "compiled_vs_hf_decode" and e.group[1] == "cuda" and e.group[3] == 1:
-            lines.append(f"- CUDA batch 1 {e.group[0]} {e.group[2]}, {e.group[5]} new: compiled decode vs HF `generate` = "
-                         f"**{e.value:.2f}×** (target ≥ {CUDA_VS_HF_TARGET:.0f}×: {_verdict(e.value, CUDA_VS_HF_TARGET)}; {e.source})")
+    lines = [
+        f"- CUDA batch 1 {e.group[0]} {e.group[2]}, {e.group[5]} new: compiled decode vs HF `generate` = "
+        f"**{e.value:.2f}×** (target ≥ {CUDA_VS_HF_TARGET:.0f}×: {_verdict(e.value, CUDA_VS_HF_TARGET)}; {e.source})"
+        for e in entries
+        if e.name == "compiled_vs_hf_decode" and e.group[1] == "cuda" and e.group[3] == 1
+    ]
     for c in sorted(throughput, key=_sort_key):
-        if c.get("sampler") == "compiled" and c.get("device") == "cuda" and c.get("batch_size") == 1 and invalid_reason(c) is None:
+        if (c["sampler"], c["device"], c["batch_size"]) == ("compiled", "cuda", 1) and invalid_reason(c) is None:
             f = _fraction(c, basis, "cuda")
             if f is not None:
                 lines.append(f"- CUDA ({c.get('device_name', '?')}) batch 1 {c.get('model')} {c.get('dtype')}, "
@@ -374,15 +389,28 @@ def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
         if invalid_reason(c) is None and is_rate(c.get("decode_s_per_token")):
             per_sampler[c["sampler"]].append((c["new_tokens"], c["decode_s_per_token"]))
     lines = []
-    for sampler, points in sorted(per_sampler.items(), key=lambda kv: SAMPLER_ORDER.index(kv[0]) if kv[0] in SAMPLER_ORDER else 99):
+    for sampler, points in sorted(per_sampler.items(), key=lambda kv: _sampler_rank(kv[0])):
         points.sort()
         (n0, t0), (n1, t1) = points[0], points[-1]
-        lines.append(f"- Per-token decode cost, {SAMPLER_NAMES.get(sampler, sampler)}: {t0 * 1000:.1f} ms at {n0} new → "
-                     f"{t1 * 1000:.1f} ms at {n1} new (**{t1 / t0:.2f}×**; flat ≈ 1×, the reference's grows with length)")
+        lines.append(f"- Per-token decode cost, {SAMPLER_NAMES.get(sampler, sampler)}: {t0 * 1000:.1f} ms at {n0} new "
+                     f"→ {t1 * 1000:.1f} ms at {n1} new (**{t1 / t0:.2f}×**; flat ≈ 1×, the reference's grows with "
+                     "length)")
     return lines
 
 
 # --- plots ---------------------------------------------------------------------------------------------
+
+def _save_png(fig: Any, path: Path) -> None:
+    """Render ``fig`` in memory, then write it through a temporary file and a rename: a failed
+    write (no space, file size limit) is one OutputError and never leaves half a PNG behind."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+
 
 def _plot_tokens(cases: list[dict[str, Any]], path: Path) -> bool:
     """Bars of measured decode tok/s only: an invalid or skipped sampler is left out of its group,
@@ -391,7 +419,7 @@ def _plot_tokens(cases: list[dict[str, Any]], path: Path) -> bool:
     for c in cases:
         if invalid_reason(c) is None:
             key = f"{c.get('device')} {c.get('dtype')}\n{c.get('model')} b{c.get('batch_size')}"
-            groups[key].setdefault(c.get("sampler"), c["decode_tokens_per_s"])  # first n per sampler
+            groups[key].setdefault(c["sampler"], c["decode_tokens_per_s"])  # first n per sampler
     if not groups:
         return False
     import matplotlib
@@ -405,7 +433,7 @@ def _plot_tokens(cases: list[dict[str, Any]], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * widest * len(keys) + 2), 4.2))
     labelled: set[str] = set()
     for j, k in enumerate(keys):
-        present = sorted(groups[k], key=lambda s: SAMPLER_ORDER.index(s) if s in SAMPLER_ORDER else 99)
+        present = sorted(groups[k], key=_sampler_rank)
         for i, s in enumerate(present):
             x = j + (i - (len(present) - 1) / 2) * width
             bars = ax.bar([x], [groups[k][s]], width, color=SAMPLER_COLORS.get(s, "C9"),
@@ -416,9 +444,7 @@ def _plot_tokens(cases: list[dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("decode tokens/s (excl. prefill), median")
     ax.set_title("Decode throughput by device × dtype × sampler (measured cases only)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
     return True
 
 
@@ -450,9 +476,7 @@ def _plot_scaling(scaling: list[dict[str, Any]], path: Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
     return True
 
 
@@ -461,16 +485,16 @@ def _plot_scaling(scaling: list[dict[str, Any]], path: Path) -> bool:
 def render_bench_section(bench_doc: dict[str, Any], out_dir: Path) -> str:
     """Markdown for one throughput run (provenance, one table of every engine with ± spreads,
     ratios, kernel choices, target checks, plot links relative to ``out_dir``); writes the PNGs
-    into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    into ``out_dir``, created if needed; OutputError, before anything is drawn, when it cannot be
+    written."""
+    out_dir = check_output_dir(out_dir, name="the report folder")
     throughput = _cases(bench_doc, "throughput")
     scaling = _cases(bench_doc, "scaling")
     ratio_cases = _cases(bench_doc, "ratios")
     interleaved = _expand_ratio_cases(ratio_cases)
     basis = doc_roofline_basis(bench_doc)
     entries = ratio_entries(bench_doc)
-    md = ["## Throughput", "", *_provenance(bench_doc, basis), ""]
+    md = ["## Throughput", "", *_bench_provenance(bench_doc, basis), ""]
     if throughput:
         md += ["### Cases: ours, HF and llama.cpp", "", *_table(throughput, basis), ""]
     if ratio_cases:
@@ -478,13 +502,14 @@ def render_bench_section(bench_doc: dict[str, Any], out_dir: Path) -> str:
                *_table(interleaved, basis), ""]
         for c in ratio_cases:
             for sampler, reason in (c.get("samplers_skipped") or {}).items():
-                md.append(f"- {c.get('model')} {c.get('device')} {c.get('dtype')}: {SAMPLER_NAMES.get(sampler, sampler)} "
+                md.append(f"- {c['model']} {c['device']} {c['dtype']}: {SAMPLER_NAMES.get(sampler, sampler)} "
                           f"not run ({reason})")
             for name, reason in (c.get("ratios_missing") or {}).items():
                 md.append(f"- {c.get('model')} {c.get('device')} {c.get('dtype')}: {name} not measured ({reason})")
         md.append("")
     if entries:
-        md += ["### Ratios (measured within this run; > 1 = the first engine is faster)", "", *_ratio_table(entries), ""]
+        md += ["### Ratios (measured within this run; > 1 = the first engine is faster)", "",
+               *_ratio_table(entries), ""]
     if throughput or ratio_cases:
         md += ["### Kernel choices (autotune)", "", *_kernel_section(throughput + ratio_cases)]
     targets = _targets(bench_doc, entries, basis)
@@ -503,8 +528,10 @@ def render_bench_section(bench_doc: dict[str, Any], out_dir: Path) -> str:
 
 def write_bench_report(run_dir: Path) -> Path:
     """Read ``run_dir/bench.json``, write ``run_dir/bench.md`` and the PNGs; return the .md path.
-    Raises ResultError when bench.json is missing or not a benchmark run."""
+    Raises ResultError when bench.json is missing, malformed or not a benchmark run, and
+    OutputError (one sentence with the reason) when a file cannot be written."""
     run_dir = Path(run_dir)
     doc = load_bench(run_dir / "bench.json")
+    check_output_file(run_dir / "bench.md", name="The report")  # before the plots are drawn
     text = "# Throughput benchmark\n\n" + render_bench_section(doc, run_dir) + "\n"
     return write_text_atomic(run_dir / "bench.md", text)

@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.records import RATIOS, invalid_reason, is_rate, ratio_of
+from bench.records import RATIOS, document_problem, invalid_reason, is_rate, ratio_of
 from gpt2xl.errors import ConfigError, ResultError
 
 Mode = Literal["throughput", "ratios"]
 HIGHER_IS_BETTER = ("decode_tokens_per_s", "tokens_per_s")
 LOWER_IS_BETTER = ("prefill_s", "decode_s", "decode_s_per_token", "peak_memory_bytes")
+METRICS = HIGHER_IS_BETTER + LOWER_IS_BETTER
+DEFAULT_METRIC = "decode_tokens_per_s"
 BASELINE_PREFIX = "gate-cpu-"  # <dir>/gate-cpu-<cpu kind>.json
 
 
@@ -47,9 +48,32 @@ def parse_fraction(text: str) -> float:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         raise ConfigError(f"Expected a percentage like 10% or a fraction like 0.1, got {text!r}.") from None
-    if not (0 <= value < 1):
+    if not (0 <= value < 1):  # also refuses NaN, which compares false to everything
         raise ConfigError(f"A slowdown threshold must be in [0%, 100%), got {text!r}.")
     return value
+
+
+def check_options(
+    *, max_slowdown: float, mode: str, metric: str | None, floors: dict[str, float]
+) -> tuple[Mode, str, dict[str, float]]:
+    """Every option of a comparison, checked before any file is read: ``(mode, the metric
+    compared, the floors)``. The metric is ``metric`` (default :data:`DEFAULT_METRIC`) in throughput
+    mode and ``"ratio"`` in ratios mode, where a metric would be silently ignored, so giving one
+    is an error; floors apply to ratios only. ConfigError naming the first bad option."""
+    if isinstance(max_slowdown, bool) or not isinstance(max_slowdown, (int, float)) or not 0 <= max_slowdown < 1:
+        raise ConfigError(f"max_slowdown must be a fraction in [0, 1), got {max_slowdown!r}.")
+    if metric is not None and metric not in METRICS:
+        raise ConfigError(f"Unknown metric {metric!r}; choose one of: {', '.join(METRICS)}.")
+    floors = validate_floors(dict(floors))
+    if mode == "ratios":
+        if metric is not None:
+            raise ConfigError("--metric applies to throughput comparisons, not to --ratios; drop one of them.")
+        return "ratios", "ratio", floors
+    if mode == "throughput":
+        if floors:
+            raise ConfigError("Floors apply to ratios; add --ratios or drop --floor.")
+        return "throughput", metric or DEFAULT_METRIC, floors
+    raise ConfigError(f"Unknown compare mode {mode!r}; use throughput or ratios.")
 
 
 def validate_floors(floors: dict[str, float]) -> dict[str, float]:
@@ -69,37 +93,42 @@ def parse_floors(items: list[str]) -> dict[str, float]:
     floors: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
+        name = name.strip()
         try:
             number = float(value)
         except ValueError:
             sep = ""
-        if not sep or not name.strip():
+        if not sep or not name:
             raise ConfigError(f"A floor is NAME=NUMBER (e.g. cached_vs_reference_decode=2), got {item!r}.")
-        floors[name.strip()] = number
+        if name in floors:
+            raise ConfigError(f"The floor of {name} is given twice; pass each ratio's --floor once.")
+        floors[name] = number
     return validate_floors(floors)
 
 
 def load_bench(path: str | Path) -> dict[str, Any]:
-    """Read a ``bench.json`` written by ``python -m bench`` (pytest-benchmark's format).
+    """Read a ``bench.json`` written by ``python -m bench`` (pytest-benchmark's format), checked
+    against the shape every reader relies on (:func:`bench.records.document_problem`), so that
+    nothing downstream meets a mistyped field.
 
-    Raises ResultError when the file is missing, not JSON, or not a benchmark run.
+    Raises ResultError, naming the file and the field, when the file is missing or unreadable,
+    not JSON, not a benchmark run, has a field of the wrong type, or repeats a case.
     """
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ResultError(f"Cannot read benchmark file {path} ({exc.strerror}).") from exc
-    except json.JSONDecodeError as exc:
-        raise ResultError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise ResultError(f"{path} is not a benchmark result (no 'benchmarks' list); pass a bench.json from python -m bench.")
-    for bench in doc["benchmarks"]:
-        if not isinstance(bench, dict) or not isinstance(bench.get("name"), str) or not isinstance(bench.get("extra_info"), dict):
-            raise ResultError(f"{path} has a benchmark entry without a name or extra_info; was it written by python -m bench?")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultError(f"{path} is not valid JSON ({exc}); pass a bench.json written by python -m bench.") from exc
+    problem = document_problem(doc)
+    if problem is not None:
+        raise ResultError(
+            f"{path} is not a usable benchmark result: {problem}; pass a bench.json written by python -m bench.")
     return doc
 
 
-def case_metrics(doc: dict[str, Any], metric: str) -> dict[str, float]:
+def metric_by_case(doc: dict[str, Any], metric: str) -> dict[str, float]:
     """``{case name: metric}`` for every valid case whose ``metric`` is a finite number > 0."""
     out = {}
     for bench in doc["benchmarks"]:
@@ -125,6 +154,9 @@ def invalid_entries(doc: dict[str, Any]) -> dict[str, str]:
             reason = invalid_reason(record)
             if reason is not None:
                 out[f"{bench['name']} [{sampler}]"] = reason
+        for name, value in (info.get("ratios") or {}).items():
+            if not is_rate(value):  # the ratio would vanish from the comparison without a word
+                out[f"{bench['name']} [{name}]"] = f"ratio {name} = {value!r} is not positive and finite"
     return out
 
 
@@ -166,26 +198,39 @@ def ratio_entries(doc: dict[str, Any]) -> list[RatioEntry]:
     for bench in doc["benchmarks"]:
         info = bench["extra_info"]
         if info.get("kind") == "ratios":
-            for name, value in (info.get("ratios") or {}).items():
-                if name in RATIOS and is_rate(value):
-                    key = f"interleaved-{_group_key(info)}-n{info.get('new_tokens')}:{name}"
-                    out.append(RatioEntry(key=key, group=_group(info), name=name, value=float(value), source="interleaved"))
+            out += _interleaved_entries(info)
         elif info.get("kind") == "throughput":
-            groups[_group_key(info)][info.get("sampler")].append(info)
+            groups[_group_key(info)][info["sampler"]].append(info)
     for gkey, by_sampler in groups.items():
-        for name, d in RATIOS.items():
-            for num in by_sampler.get(d.numerator, []):
-                n = num.get("new_tokens")
-                for den in by_sampler.get(d.denominator, []):
-                    if d.denominator == "reference":
-                        key = f"{gkey}-n{n}-ref{den.get('new_tokens')}:{name}"
-                    elif den.get("new_tokens") == n:
-                        key = f"{gkey}-n{n}:{name}"
-                    else:
-                        continue
-                    value = ratio_of(name, num, den)
-                    if value is not None:
-                        out.append(RatioEntry(key=key, group=_group(num), name=name, value=value, source="cases"))
+        out += _case_entries(gkey, by_sampler)
+    return out
+
+
+def _interleaved_entries(info: dict[str, Any]) -> list[RatioEntry]:
+    return [
+        RatioEntry(key=f"interleaved-{_group_key(info)}-n{info.get('new_tokens')}:{name}", group=_group(info),
+                   name=name, value=float(value), source="interleaved")
+        for name, value in (info.get("ratios") or {}).items()
+        if name in RATIOS and is_rate(value)
+    ]
+
+
+def _case_entries(gkey: str, by_sampler: dict[str, list[dict[str, Any]]]) -> list[RatioEntry]:
+    """The ratios between separate throughput cases of one group (see :func:`ratio_entries`)."""
+    out = []
+    for name, d in RATIOS.items():
+        for num in by_sampler.get(d.numerator, []):
+            n = num.get("new_tokens")
+            for den in by_sampler.get(d.denominator, []):
+                if d.denominator == "reference":
+                    key = f"{gkey}-n{n}-ref{den.get('new_tokens')}:{name}"
+                elif den.get("new_tokens") == n:
+                    key = f"{gkey}-n{n}:{name}"
+                else:
+                    continue
+                value = ratio_of(name, num, den)
+                if value is not None:
+                    out.append(RatioEntry(key=key, group=_group(num), name=name, value=value, source="cases"))
     return out
 
 
@@ -211,9 +256,9 @@ class Row:
     @property
     def change(self) -> float | None:
         """Relative change new/old − 1 (positive = larger value)."""
-        if not (is_rate(self.old) and is_rate(self.new)):
-            return None
-        return self.new / self.old - 1
+        if is_rate(self.old) and is_rate(self.new):
+            return self.new / self.old - 1
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,7 +285,7 @@ def compare_docs(
     *,
     max_slowdown: float,
     mode: Mode = "throughput",
-    metric: str = "decode_tokens_per_s",
+    metric: str | None = None,
     floors: dict[str, float] | None = None,
     baseline_note: str | None = None,
 ) -> Comparison:
@@ -249,27 +294,21 @@ def compare_docs(
     and so does a floor whose ratio the new run did not measure. A case of NEW with no valid
     measurement always fails. ``old`` None (no baseline for this CPU kind): floors and validity only.
 
-    Raises ConfigError for an unknown metric, a bad floor or floors outside ratios mode, and
-    ResultError when the runs share nothing to compare and NEW has no invalid case to report.
+    Raises ConfigError for an unknown metric (or one given in ratios mode), a bad floor or floors
+    outside ratios mode, and ResultError when NEW holds nothing to compare, or the runs share
+    nothing, and NEW has no invalid case to report.
     """
-    if not 0 <= max_slowdown < 1:
-        raise ConfigError(f"max_slowdown must be a fraction in [0, 1), got {max_slowdown!r}.")
-    floors = validate_floors(dict(floors or {}))
+    mode, metric, floors = check_options(max_slowdown=max_slowdown, mode=mode, metric=metric, floors=floors or {})
     if mode == "ratios":
         old_values, new_values, higher = (ratio_metrics(old) if old is not None else {}), ratio_metrics(new), True
-        metric = "ratio"
-    elif mode == "throughput":
-        if metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
-            raise ConfigError(f"Unknown metric {metric!r}; choose one of: {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}.")
-        if floors:
-            raise ConfigError("Floors apply to ratios; add --ratios or drop --floor.")
-        old_values = case_metrics(old, metric) if old is not None else {}
-        new_values, higher = case_metrics(new, metric), metric in HIGHER_IS_BETTER
     else:
-        raise ConfigError(f"Unknown compare mode {mode!r}; use throughput or ratios.")
+        old_values = metric_by_case(old, metric) if old is not None else {}
+        new_values, higher = metric_by_case(new, metric), metric in HIGHER_IS_BETTER
     invalid = invalid_entries(new)
+    what = "ratio" if mode == "ratios" else f"case with {metric}"
+    if not new_values and not invalid:  # nothing measured must not pass a gate
+        raise ResultError(f"The new run holds no {what} to check; was it made with a profile that measures them?")
     if old is not None and not set(old_values) & set(new_values) and not invalid:
-        what = "ratio" if mode == "ratios" else f"case with {metric}"
         raise ResultError(
             f"The two runs share no {what} to compare (old: {len(old_values)}, new: {len(new_values)}); "
             "were they made with the same profile and model?"
@@ -278,18 +317,7 @@ def compare_docs(
     for name in sorted(set(old_values) | set(new_values)):
         o, n = old_values.get(name), new_values.get(name)
         floor = floors.get(name.rsplit(":", 1)[-1]) if mode == "ratios" else None
-        if n is not None and floor is not None and n < floor:
-            status: Status = "BELOW FLOOR"
-        elif n is None:
-            status = "only in old"
-        elif old is None:
-            status = "ok" if floor is not None else "no baseline"
-        elif o is None:
-            status = "only in new"
-        else:
-            # Slowdown: the fraction of speed lost (higher-is-better) or of time added (lower).
-            slowdown = (1 - n / o) if higher else (n / o - 1)
-            status = "REGRESSION" if slowdown > max_slowdown else "ok"
+        status = _status(o, n, floor, has_baseline=old is not None, higher=higher, max_slowdown=max_slowdown)
         rows.append(Row(name=name, old=o, new=n, status=status, floor=floor))
     measured = {name.rsplit(":", 1)[-1] for name in new_values}
     for name, floor in sorted(floors.items()):
@@ -302,9 +330,27 @@ def compare_docs(
                       baseline_note=baseline_note)
 
 
+def _status(
+    old: float | None, new: float | None, floor: float | None, *, has_baseline: bool, higher: bool,
+    max_slowdown: float,
+) -> Status:
+    """One row's verdict; ``old``/``new`` are usable rates or None (not measured)."""
+    if new is not None and floor is not None and new < floor:
+        return "BELOW FLOOR"
+    if new is None:
+        return "only in old"
+    if not has_baseline:
+        return "ok" if floor is not None else "no baseline"
+    if old is None:
+        return "only in new"
+    # Slowdown: the fraction of speed lost (higher-is-better) or of time added (lower).
+    slowdown = (1 - new / old) if higher else (new / old - 1)
+    return "REGRESSION" if slowdown > max_slowdown else "ok"
+
+
 def cpu_kind(doc: dict[str, Any]) -> str | None:
     """The CPU kind a run recorded (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, …)."""
-    kind = (doc.get("machine_info") or {}).get("gpt2xl", {}).get("cpu_capability")
+    kind = ((doc.get("machine_info") or {}).get("gpt2xl") or {}).get("cpu_capability")
     return str(kind) if kind else None
 
 
@@ -318,7 +364,8 @@ def resolve_baseline(old: str | Path, new_doc: dict[str, Any]) -> tuple[dict[str
     kind = cpu_kind(new_doc)
     if old.is_dir():
         if kind is None:
-            return None, f"the new run records no CPU kind, so no baseline was picked from {old}: checking floors and validity only"
+            return None, (f"the new run records no CPU kind, so no baseline was picked from {old}: "
+                          "checking floors and validity only")
         path = old / f"{BASELINE_PREFIX}{kind}.json"
         if not path.is_file():
             have = sorted(p.stem.removeprefix(BASELINE_PREFIX) for p in old.glob(f"{BASELINE_PREFIX}*.json"))
@@ -333,9 +380,20 @@ def resolve_baseline(old: str | Path, new_doc: dict[str, Any]) -> tuple[dict[str
     return doc, f"baseline {old}"
 
 
-def compare_files(old: str | Path, new: str | Path, **kwargs: Any) -> Comparison:
+def compare_files(
+    old: str | Path,
+    new: str | Path,
+    *,
+    max_slowdown: float,
+    mode: Mode = "throughput",
+    metric: str | None = None,
+    floors: dict[str, float] | None = None,
+) -> Comparison:
     """:func:`compare_docs` on two ``bench.json`` files, OLD a file or a directory of per-CPU-kind
-    baselines (:func:`resolve_baseline`). ResultError when a file is unreadable."""
+    baselines (:func:`resolve_baseline`). The options are checked before either file is read
+    (ConfigError); ResultError when a file is unreadable or malformed."""
+    kwargs: dict[str, Any] = {"max_slowdown": max_slowdown, "mode": mode, "metric": metric, "floors": floors or {}}
+    check_options(**kwargs)
     new_doc = load_bench(new)
     old_doc, note = resolve_baseline(old, new_doc)
     return compare_docs(old_doc, new_doc, baseline_note=note, **kwargs)
@@ -358,7 +416,7 @@ def format_table(comparison: Comparison) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = [comparison.baseline_note] if comparison.baseline_note else []
     for i, row in enumerate(lines):
-        out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     direction = "higher is better" if comparison.higher_is_better else "lower is better"
@@ -372,8 +430,3 @@ def format_table(comparison: Comparison) -> str:
                    + (f"; invalid: {'; '.join(invalid)}" if invalid else ""))
     return "\n".join(out) + "\n" + verdict
 
-
-def geometric_mean_change(comparison: Comparison) -> float | None:
-    """The geometric mean of new/old over matched cases (None if none), for a one-line summary."""
-    ratios = [r.new / r.old for r in comparison.rows if is_rate(r.old) and is_rate(r.new)]
-    return math.exp(statistics.fmean(math.log(x) for x in ratios)) - 1 if ratios else None

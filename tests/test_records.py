@@ -74,6 +74,8 @@ def test_invalid_reason() -> None:
     assert "decode_tokens_per_s = 0.0" in invalid_reason({"decode_tokens_per_s": 0.0})
     assert "prefill_s = nan" in invalid_reason({"decode_tokens_per_s": 3.0, "prefill_s": math.nan})
     assert invalid_reason({"prefill_s": 0.1}) == "no decode rate recorded"
+    # every time and speed is held to the one rule, the per-token decode time included
+    assert "decode_s_per_token = 0" in (invalid_reason({"decode_tokens_per_s": 3.0, "decode_s_per_token": 0}) or "")
 
 
 def test_every_ratio_names_known_samplers() -> None:

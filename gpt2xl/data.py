@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
+from urllib.parse import urlparse
 
 from gpt2xl.errors import ConfigError, DataError
 from gpt2xl.tokenizer import decode, encode
@@ -47,7 +52,7 @@ def _wikitext_file_from_rows(splits: list[list[str]]) -> bytes:
     # blank line (" \n" in this file, 1,467 of them) becomes "". So "".join(rows) is NOT the file:
     # it is 2,934 bytes short. Putting " \n" back for the empty rows restores it byte for byte.
     (rows,) = splits
-    return "".join(row if row else " \n" for row in rows).encode("utf-8")
+    return "".join(row or " \n" for row in rows).encode("utf-8")
 
 
 def _lambada_file_from_rows(splits: list[list[str]]) -> bytes:
@@ -130,7 +135,9 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             hf_name="default",
             hf_splits=("test",),
             rebuild=_lambada_file_from_rows,
-            description="LAMBADA test set, OpenAI's detokenised version (Paperno et al. 2016), one document per passage",
+            description=(
+                "LAMBADA test set, OpenAI's detokenised version (Paperno et al. 2016), one document per passage"
+            ),
         ),
         "tinyshakespeare": DatasetSpec(
             name="tinyshakespeare",
@@ -266,21 +273,87 @@ def _short(error: BaseException) -> str:
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
+# Values huggingface_hub and datasets read as "true" in HF_HUB_OFFLINE / HF_DATASETS_OFFLINE.
+_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+# How long the DNS probe of the hub may take. Without a resolver the lookup fails at once; with an
+# unreachable one it can hang for several resolver timeouts, and the whole failure must stay
+# under 3 s.
+_DNS_PROBE_S = 1.5
+
+# The loggers that print one warning per retry of a failed request (a dozen lines offline); their
+# failure ends up in our one DataError, with its reason.
+_HUB_LOGGERS = ("datasets", "huggingface_hub")
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(name, "").strip().upper() in _TRUE_VALUES for name in _OFFLINE_VARS)
+
+
+def _host_resolves(url: str, *, timeout_s: float) -> bool:
+    """Whether ``url``'s host resolves within ``timeout_s`` (the lookup runs in a daemon thread,
+    so a hanging resolver cannot hold the process)."""
+    host = urlparse(url).hostname
+    if host is None:
+        return False
+    resolved: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            resolved.append(False)
+        else:
+            resolved.append(True)
+
+    thread = threading.Thread(target=lookup, daemon=True, name="gpt2xl-dns-probe")
+    thread.start()
+    thread.join(timeout_s)
+    return bool(resolved) and resolved[0]
+
+
+@contextmanager
+def _quiet_hub_loggers() -> Iterator[None]:
+    """Silence the retry warnings of ``datasets`` and ``huggingface_hub`` for one attempt."""
+    loggers = [logging.getLogger(name) for name in _HUB_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _load_from_datasets(spec: DatasetSpec) -> Corpus:
     prefix = f"Cannot load {spec.name!r}: no data directory given ({_hint(spec)}) and the `datasets`"
+    if not _offline_requested():
+        # Offline, `datasets` retries the unreachable hub for ~25 s, a warning per retry. When
+        # its host does not even resolve, fail now; HF_DATASETS_OFFLINE=1 still reads a copy
+        # that `datasets` cached earlier (offline mode goes straight to its cache).
+        from huggingface_hub import constants
+
+        if not _host_resolves(constants.ENDPOINT, timeout_s=_DNS_PROBE_S):
+            raise DataError(
+                f"{prefix} download cannot start: {constants.ENDPOINT} does not resolve (offline?); set "
+                "HF_DATASETS_OFFLINE=1 to use a copy `datasets` cached before."
+            )
     try:
         import datasets  # lazy: heavy import, and only this route needs it
     except ImportError as error:
         raise DataError(f"{prefix} package is not installed ({_short(error)}).") from error
     splits: list[list[str]] = []
     try:
-        for split in spec.hf_splits:
-            rows = datasets.load_dataset(spec.hf_path, spec.hf_name, split=split)
-            splits.append([str(text) for text in rows["text"]])
+        with _quiet_hub_loggers():
+            for split in spec.hf_splits:
+                rows = datasets.load_dataset(spec.hf_path, spec.hf_name, split=split)
+                splits.append([str(text) for text in rows["text"]])
     # `datasets` signals "cannot get it" with many unrelated types (ConnectionError,
     # FileNotFoundError, DatasetNotFoundError, HfHubHTTPError, ValueError...); every one of them
     # means this route failed, and the reason is carried into the message and the chain.
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise DataError(f"{prefix} download of {spec.datasets_source} failed ({_short(error)}).") from error
     data = spec.rebuild(splits)
     actual = _sha256(data)
@@ -305,8 +378,9 @@ def load_corpus(name: str, *, data_dir: str | Path | None = None) -> Corpus:
     there and nothing else is tried. A missing file, an unreadable one, or a sha256 mismatch
     (the message names the file and both hashes) raises DataError. With no directory the
     ``datasets`` library is tried (imported lazily); if that fails too, ONE DataError names both
-    routes and the download's reason. Offline, ``datasets`` retries for about 25 s before giving
-    up unless ``HF_HUB_OFFLINE=1`` is set before it is first imported.
+    routes and the download's reason. When the hub's host does not resolve (offline), that error
+    comes at once, without trying; with ``HF_HUB_OFFLINE=1`` or ``HF_DATASETS_OFFLINE=1``
+    ``datasets`` reads only its own cache, which also fails fast.
 
     Raises ConfigError for an unknown name or an empty ``data_dir`` string.
     """

@@ -12,13 +12,15 @@ end-of-text token excluded; see :mod:`gpt2xl.metrics` for each definition):
 - ``distinct_{1,2,3}``: corpus-level distinct-n = unique n-grams over all samples / all n-grams;
   ``distinct_{1,2,3}_per_sample``: mean over samples of each sample's own ratio.
 - ``self_bleu_4``: Self-BLEU with 4-gram BLEU (NLTK method-1 smoothing); lower = more diverse.
-- ``repetition_rate``: fraction of samples Holtzman et al. (2019) flag as ending in a repetition loop (their script's rule: see ``gpt2xl.metrics.is_repetitive``)
+- ``repetition_rate``: fraction of samples Holtzman et al. (2019) flag as ending in a repetition
+  loop (their script's rule: see ``gpt2xl.metrics.is_repetitive``).
 - ``mean_length_tokens``, ``eot_rate`` (fraction of samples that stopped at <|endoftext|>).
 - ``generation_perplexity``: ``exp(sum NLL / tokens)`` of the generated tokens under the SAME
   model, each token conditioned on its prompt and the tokens before it (token-weighted over the
   whole cell; empty generations contribute nothing; None when no token was generated at all).
-  When prompt + generation exceed the context, the prompt is cropped from the left, and a
-  generation longer than the context is scored in sliding windows of stride context/2.
+  A grid refuses prompts whose prompt + generation exceed the context (:func:`check_fits_context`),
+  so every cell is scored on whole prompts; :func:`continuation_nll` itself, for other callers,
+  crops such a prompt from the left and slides over a continuation longer than the context.
 
 The "human" reference row scores the true continuations of the same prompts in the dataset, cut
 to ``max_new_tokens`` tokens, with the same metrics (its eot_rate is 0 by construction).
@@ -34,25 +36,45 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 
 from gpt2xl.errors import ConfigError
-from gpt2xl.validation import check_int
 from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu
 from gpt2xl.model import GPT
 from gpt2xl.perplexity import score_spans, window_plan
 from gpt2xl.sampling import SamplingConfig, generate, make_generator
+from gpt2xl.validation import check_float, check_int, check_seed
 
-METRIC_NAMES: tuple[str, ...] = (
-    "distinct_1",
-    "distinct_2",
-    "distinct_3",
-    "distinct_1_per_sample",
-    "distinct_2_per_sample",
-    "distinct_3_per_sample",
-    "self_bleu_4",
-    "repetition_rate",
-    "mean_length_tokens",
-    "eot_rate",
-    "generation_perplexity",
-)
+
+def check_temperature(value: object) -> float:
+    """``value`` as a grid temperature: a finite number >= 0 (0 = greedy) that the sampler
+    accepts, checked here so that a value the sampler refuses fails before the first cell."""
+    temperature = check_float("temperature", value, minimum=0, hint=" (0 means greedy.)")
+    SamplingConfig(max_new_tokens=1, temperature=temperature)  # the sampler's own domain, in one place
+    return temperature
+
+
+def check_top_k(value: object) -> int:
+    """``value`` as a grid top-k: an integer >= 0 (0 = the whole vocabulary)."""
+    return check_int("top-k (0 = the whole vocabulary)", value, minimum=0)
+
+
+def check_fits_context(*, prompt_tokens: int, max_new_tokens: int, block_size: int) -> None:
+    """ConfigError, saying the largest value that fits, when a prompt and its continuation do
+    not fit the model's context: the sampler would crop the prompt and generation perplexity
+    would be scored in windows, so the cell's numbers would silently mean something else.
+
+    ``block_size + 1`` tokens fit: the last new token is sampled but never fed back (and, when
+    scored, it is only a target).
+    """
+    fits = block_size + 1
+    if prompt_tokens + max_new_tokens <= fits:
+        return
+    if prompt_tokens >= fits:
+        fix = f"use --prompt-tokens {fits - 1} or fewer (with --max-new-tokens 1)"
+    else:
+        fix = f"with --prompt-tokens {prompt_tokens}, use --max-new-tokens {fits - prompt_tokens} or fewer"
+    raise ConfigError(
+        f"A prompt of {prompt_tokens:,} tokens plus {max_new_tokens:,} new tokens does not fit the model's context "
+        f"of {block_size:,} tokens; {fix}."
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +82,8 @@ class GridConfig:
     """What one grid run samples. ``top_ks``: 0 means the whole vocabulary (no top-k); a value
     above the vocabulary is allowed and behaves as the whole vocabulary (the sampler clamps it).
     ``prompt_tokens``: every prompt is exactly this long (a fixed prefix of the dataset's text);
-    a value above the model's context is allowed, the sampler keeps the prompt's last tokens."""
+    prompt plus ``max_new_tokens`` must fit the model's context (:func:`check_fits_context`,
+    checked by :func:`run_grid` and, before loading, by the CLI)."""
 
     dataset: str
     num_prompts: int = 32
@@ -77,19 +100,17 @@ class GridConfig:
             raise ConfigError(f"dataset must be a non-empty name, got {self.dataset!r}.")
         for name in ("num_prompts", "prompt_tokens", "max_new_tokens", "batch_size"):
             check_int(name, getattr(self, name))
-        for name in ("temperatures", "top_ks", "seeds"):
+        checks: dict[str, Callable[[object], object]] = {
+            "temperatures": check_temperature, "top_ks": check_top_k, "seeds": lambda s: check_seed("seed", s)
+        }
+        for name, check in checks.items():
             value = getattr(self, name)
             if not isinstance(value, tuple) or not value:
                 raise ConfigError(f"{name} must be a non-empty tuple, got {value!r}.")
+            for item in value:
+                check(item)
             if len(set(value)) != len(value):
                 raise ConfigError(f"{name} must not repeat a value, got {value!r}.")
-        for t in self.temperatures:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-                raise ConfigError(f"temperatures must be finite numbers >= 0 (0 = greedy), got {t!r}.")
-        for k in self.top_ks:
-            check_int("top_ks entries (0 = the whole vocabulary)", k, minimum=0)
-        for s in self.seeds:
-            check_int("seeds", s, minimum=0)
         if not isinstance(self.stop_at_eot, bool):
             raise ConfigError(f"stop_at_eot must be a bool, got {self.stop_at_eot!r}.")
 
@@ -124,7 +145,7 @@ class Prompt:
     continuation: tuple[int, ...]
 
 
-def make_prompts(
+def grid_prompts(
     token_ids: Sequence[int], *, num_prompts: int, prompt_tokens: int, continuation_tokens: int
 ) -> list[Prompt]:
     """``num_prompts`` prompts of exactly ``prompt_tokens`` tokens, at EVENLY SPACED starts over
@@ -132,8 +153,9 @@ def make_prompts(
 
     Starts are ``round(i * (N - span) / (num_prompts - 1))`` for span = prompt + continuation, so
     the first prompt starts the split and the last continuation ends it; no randomness is
-    involved, so the prompts depend only on the split and the two lengths. Prompts overlap when
-    ``num_prompts * span > N``. Raises ConfigError when the split is shorter than one span.
+    involved, so the prompts depend only on the split and the two lengths. Raises ConfigError,
+    saying how many fit, when the split holds fewer than ``num_prompts`` spans: the prompts would
+    overlap, and the cells would score the same text several times over.
     """
     for name, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
                         ("continuation_tokens", continuation_tokens)):
@@ -142,8 +164,14 @@ def make_prompts(
     span = prompt_tokens + continuation_tokens
     if len(ids) < span:
         raise ConfigError(
-            f"The split has {len(ids)} tokens, fewer than one prompt plus continuation ({span}); "
+            f"The split has {len(ids):,} tokens, fewer than one prompt plus continuation ({span:,}); "
             "lower --prompt-tokens or --max-new-tokens."
+        )
+    if num_prompts * span > len(ids):
+        raise ConfigError(
+            f"{num_prompts:,} prompts of {prompt_tokens:,} tokens plus {continuation_tokens:,} continuation tokens "
+            f"need {num_prompts * span:,} tokens but the split holds {len(ids):,}; use --num-prompts "
+            f"{len(ids) // span:,} or fewer."
         )
     room = len(ids) - span
     starts = [0] if num_prompts == 1 else [round(i * room / (num_prompts - 1)) for i in range(num_prompts)]
@@ -223,11 +251,11 @@ def continuation_nll(
         raise ConfigError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
     block = model.config.block_size
     spans: list[tuple[list[int], int]] = []
-    for prompt, cont in zip(prompts, continuations):
-        cont = list(cont)
+    for prompt_ids, cont_ids in zip(prompts, continuations, strict=True):
+        cont = list(cont_ids)
         if not cont:
             continue
-        prompt = list(prompt)
+        prompt = list(prompt_ids)
         full = prompt + cont
         if len(full) <= block + 1:
             first = len(prompt)
@@ -320,6 +348,8 @@ def run_grid(
     """
     if not prompts:
         raise ConfigError("run_grid needs at least one prompt.")
+    check_fits_context(prompt_tokens=max(len(p.tokens) for p in prompts), max_new_tokens=cfg.max_new_tokens,
+                       block_size=model.config.block_size)
     cells: list[CellResult] = []
     combos = [(t, k, s) for t in cfg.temperatures for k in cfg.top_ks for s in cfg.seeds]
     with tqdm(total=len(combos), desc="grid", unit="cell", disable=not progress) as bar:

@@ -4,6 +4,17 @@
 library calls (:mod:`gpt2xl.perplexity`, :mod:`gpt2xl.grid`, :mod:`gpt2xl.data`), writes result
 files and prints a summary; plots and Markdown come from the files (:mod:`gpt2xl_app.eval_report`,
 :mod:`gpt2xl_app.report`).
+
+Every option is checked before any work, in one place per command: a frozen options dataclass
+(:class:`PerplexityOptions`, :class:`LambadaOptions`, :class:`GridOptions`, :class:`RunOptions`),
+built from the options (comma lists and paths parsed on the way: :func:`grid_config`,
+:func:`ppl_datasets_option`, :func:`path_option`), checks each value against its domain in
+``__post_init__`` (ranges, dataset names, device, dtype), and its ``prepare`` method then checks,
+in this order, what needs the file system: the output location (created and probed), the
+model's shape without loading it (:func:`gpt2xl.weights.resolve_config`: stride and prompt
+lengths against the context), the datasets (the prompts against the split) and a memory
+estimate of the batch. Only then is the model loaded; a hub model that is not cached has no
+shape to read early, so its checks run right after it is loaded, before anything is computed.
 """
 
 from __future__ import annotations
@@ -11,12 +22,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, overload
 
 import typer
 
-from gpt2xl.errors import ConfigError
+from gpt2xl import validation
+from gpt2xl.config import GPTConfig
+from gpt2xl.dtypes import DTYPES, check_dtype_name
+from gpt2xl.errors import ConfigError, ResultError
+from gpt2xl.grid import GridConfig, check_fits_context, check_temperature, check_top_k
+from gpt2xl.validation import check_int, check_output_dir, check_output_file, check_seed, parse_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = REPO_ROOT.parent / "shared" / "models" / "gpt2-tiny-shakespeare"
@@ -33,13 +50,18 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub name, local HF checkpoint directory, or random:<preset>.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Hub name, local HF checkpoint directory, or random:<preset>.")
+]
 DatasetOpt = Annotated[str, typer.Option(help="wikitext2, tinyshakespeare or lambada.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option(help="Folder laid out as ../shared/data (default: $GPT2XL_DATA_DIR).")]
+# Paths are taken as text: typer turns "" into Path("."), the current directory, silently.
+DataDirOpt = Annotated[
+    str | None, typer.Option(help="Folder laid out as ../shared/data (default: $GPT2XL_DATA_DIR).")
+]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16.")]
 ThreadsOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(help="torch CPU threads (default: torch's choice). Use 1 on a CPU shared with other jobs."),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
@@ -50,44 +72,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
 
 
-# --------------------------------------------------------------------------------------------
-# helpers: option parsing, loading, one result entry per evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def parse_floats(text: str, *, name: str) -> tuple[float, ...]:
-    """``"0.5,0.8"`` → (0.5, 0.8); ConfigError naming the option otherwise."""
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a comma-separated list of numbers, got {text!r}.") from exc
-    if not values:
-        raise ConfigError(f"{name} must list at least one value, got {text!r}.")
-    return values
-
-
-def parse_ints(text: str, *, name: str) -> tuple[int, ...]:
-    """``"0,10,40"`` → (0, 10, 40); ConfigError naming the option otherwise."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a comma-separated list of integers, got {text!r}.") from exc
-    if not values:
-        raise ConfigError(f"{name} must list at least one value, got {text!r}.")
-    return values
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}.")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def default_model() -> str:
+def default_eval_model() -> str:
     """$GPT2XL_EVAL_MODEL, else pretrained gpt2-xl when it is in the local HF cache, else the tiny
     Shakespeare checkpoint beside the repository (../shared/models/gpt2-tiny-shakespeare)."""
     env = os.environ.get(EVAL_MODEL_ENV, "").strip()
@@ -103,6 +88,350 @@ def default_model() -> str:
     if isinstance(cached, str) and isinstance(weights, str):
         return PRETRAINED
     return str(TINY_MODEL)
+
+
+# --------------------------------------------------------------------------------------------
+# options: every check, before any work
+# --------------------------------------------------------------------------------------------
+
+
+def _perplexity_dataset(name: str) -> str:
+    """A dataset perplexity is measured on: a known name other than lambada."""
+    from gpt2xl.data import get_spec
+
+    get_spec(name)
+    if name == "lambada":
+        raise ConfigError("LAMBADA is scored per target word: use `gpt2xl eval lambada` or --lambada-max-examples.")
+    return name
+
+
+def grid_config(
+    *, dataset: str, temperatures: str, top_ks: str, seeds: str, num_prompts: int, prompt_tokens: int,
+    max_new_tokens: int, batch_size: int,
+) -> GridConfig:
+    """The grid the options describe; ConfigError naming the option that is wrong."""
+    from gpt2xl.data import get_spec
+
+    get_spec(dataset)
+    for name, value in (("--num-prompts", num_prompts), ("--prompt-tokens", prompt_tokens),
+                        ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+        check_int(name, value)
+    return GridConfig(
+        dataset=dataset,
+        num_prompts=num_prompts,
+        prompt_tokens=prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        temperatures=parse_list(temperatures, name="--temperatures", item=lambda t: check_temperature(float(t)),
+                                what="temperatures"),
+        top_ks=parse_list(top_ks, name="--top-ks", item=lambda k: check_top_k(int(k)), what="integers"),
+        seeds=parse_list(seeds, name="--seeds", item=lambda s: check_seed("a seed", int(s)), what="integer seeds"),
+        batch_size=batch_size,
+    )
+
+
+@overload
+def path_option(name: str, text: str) -> Path: ...
+
+
+@overload
+def path_option(name: str, text: None) -> None: ...
+
+
+def path_option(name: str, text: str | None) -> Path | None:
+    """A path option as a Path (None stays None); a blank one is refused rather than read as
+    the current directory."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise ConfigError(f"{name} must name a path, got {text!r}.")
+    return Path(text)
+
+
+def ppl_datasets_option(text: str) -> tuple[str, ...]:
+    """``--ppl-datasets``: '' (or blanks) for none, else a comma list without gaps or repeats."""
+    if not text.strip():
+        return ()
+    return parse_list(text, name="--ppl-datasets", item=_perplexity_dataset, what="dataset names")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    """What the checks need of the model: its config (read without loading the weights) and
+    the bytes per weight of the run's dtype."""
+
+    config: GPTConfig
+    dtype_bytes: int
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalData:
+    """What a command read before loading: ``corpora`` ({name: (corpus, eval split)}), the
+    LAMBADA corpus, and the grid's prompts (None where the command has no such part)."""
+
+    corpora: dict[str, tuple[Any, Any]]
+    lambada: Any = None
+    prompts: list[Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonOptions:
+    """The options every eval command takes, and the order of the checks (:meth:`prepare`)."""
+
+    model: str
+    data_dir: Path | None
+    device: str
+    dtype: str
+    threads: int | None
+
+    def __post_init__(self) -> None:
+        from gpt2xl.devices import check_dtype_supported, resolve_device, resolve_dtype
+
+        if not self.model.strip():
+            raise ConfigError("--model must name a model: a hub name, a checkpoint directory or random:<preset>.")
+        if self.threads is not None:
+            # torch.set_num_threads takes any int32; more threads than CPUs only oversubscribes them.
+            check_int("--threads", self.threads, minimum=1, maximum=os.cpu_count() or 1)
+        check_dtype_name(self.dtype)
+        check_dtype_supported(resolve_device(self.device), resolve_dtype(self.dtype))
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ConfigError(
+                f"--data-dir {self.data_dir} is not a directory; point it at a folder laid out as ../shared/data."
+            )
+
+    # The steps of prepare(); each command's options override the ones it needs.
+
+    def check_output(self) -> None:
+        """Create and probe the output location (nothing to write by default)."""
+
+    def check_context(self, shape: ModelShape) -> None:
+        """Lengths against the model's context (nothing by default)."""
+
+    def read_data(self) -> EvalData:
+        raise NotImplementedError
+
+    def check_memory(self, shape: ModelShape, data: EvalData) -> None:
+        """Batch sizes against the available memory (nothing by default)."""
+
+    def prepare(self) -> tuple[ModelShape | None, EvalData]:
+        """Every check that can run before the model is loaded, cheapest first: the output
+        location, the model's shape (read without loading: a bad spec or config fails here) against
+        the options, the datasets, and the memory estimate. The shape is None for a hub model
+        that is not cached; :meth:`load` then runs its checks on the loaded model."""
+        from gpt2xl.weights import resolve_config
+
+        self.check_output()
+        config = resolve_config(self.model)
+        shape = None if config is None else ModelShape(config=config, dtype_bytes=DTYPES[self.dtype].bytes)
+        if shape is not None:
+            self.check_context(shape)
+        data = self.read_data()
+        if shape is not None:
+            self.check_memory(shape, data)
+        return shape, data
+
+    def load(self, shape: ModelShape | None, data: EvalData) -> Any:
+        """The model, on the options' device and dtype and threads; the checks :meth:`prepare` could
+        not run without a shape run now, before anything is computed."""
+        from gpt2xl.weights import load_model
+
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        loaded = load_model(self.model, device=self.device, dtype=self.dtype, seed=0)
+        if shape is None:
+            shape = ModelShape(config=loaded.config, dtype_bytes=DTYPES[self.dtype].bytes)
+            self.check_context(shape)
+            self.check_memory(shape, data)
+        return loaded
+
+    def corpus(self, name: str) -> tuple[Any, Any]:
+        """(corpus, eval split) of dataset ``name``, sha256-checked."""
+        from gpt2xl.data import eval_split, load_corpus
+
+        corpus = load_corpus(name, data_dir=self.data_dir)
+        return corpus, eval_split(corpus)
+
+    def check_batch_memory(
+        self, shape: ModelShape, *, option: str, batch_size: int, count: int, seq_len: int, what: str,
+        kv_cache: bool = False,
+    ) -> None:
+        """ConfigError, saying the largest batch that fits, when ``min(batch_size, count)``
+        sequences of ``seq_len`` tokens at once would not fit in memory. Host memory only: on a
+        GPU the model lives in device memory, which this estimate does not describe."""
+        from gpt2xl.devices import resolve_device
+
+        if resolve_device(self.device).type != "cpu":
+            return
+        batch = min(batch_size, count)
+
+        def need(b: int) -> int:
+            return validation.estimate_run_bytes(shape.config, batch_size=b, seq_len=seq_len,
+                                                 dtype_bytes=shape.dtype_bytes, kv_cache=kv_cache)
+
+        per_sequence = need(1) - need(0)  # the estimate is linear in the batch
+        fit = (validation.available_memory_bytes() - need(0)) // per_sequence
+        hint = f"use {option} {fit:,} or less." if fit >= 1 else "use a smaller model or a machine with more memory."
+        validation.check_memory(
+            need(batch), what=f"{option} {batch_size:,} ({batch:,} {what} of {seq_len:,} tokens at once)", hint=hint
+        )
+
+
+def _check_stride(stride: int | None, shape: ModelShape) -> None:
+    if stride is not None and stride > shape.block_size:
+        raise ConfigError(
+            f"--stride {stride:,} exceeds the model's context of {shape.block_size:,} tokens and would skip tokens; "
+            f"use --stride {shape.block_size:,} or less."
+        )
+
+
+def _num_windows(split: Any, *, max_tokens: int | None, stride: int | None, shape: ModelShape) -> int:
+    """How many windows the sliding-window perplexity of ``split`` (capped at ``max_tokens``) runs."""
+    from gpt2xl.perplexity import window_plan
+
+    tokens = min(split.num_tokens, max_tokens or split.num_tokens)
+    return len(window_plan(tokens, max_length=shape.block_size, stride=stride or shape.block_size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerplexityOptions(CommonOptions):
+    dataset: str
+    stride: int | None
+    batch_size: int
+    max_tokens: int | None
+    out: Path | None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset == "lambada":
+            raise ConfigError("For LAMBADA use `gpt2xl eval lambada` (it is scored per target word).")
+        _perplexity_dataset(self.dataset)
+        if self.stride is not None:
+            check_int("--stride", self.stride)
+        check_int("--batch-size", self.batch_size)
+        if self.max_tokens is not None:
+            check_int("--max-tokens", self.max_tokens, minimum=2)  # a single token has nothing before it
+
+    def check_output(self) -> None:
+        if self.out is not None:
+            check_output_file(self.out, name="--out")
+
+    def check_context(self, shape: ModelShape) -> None:
+        _check_stride(self.stride, shape)
+
+    def read_data(self) -> EvalData:
+        return EvalData(corpora={self.dataset: self.corpus(self.dataset)})
+
+    def check_memory(self, shape: ModelShape, data: EvalData) -> None:
+        split = data.corpora[self.dataset][1]
+        windows = _num_windows(split, max_tokens=self.max_tokens, stride=self.stride, shape=shape)
+        self.check_batch_memory(shape, option="--batch-size", batch_size=self.batch_size, count=windows,
+                                seq_len=shape.block_size, what="windows")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LambadaOptions(CommonOptions):
+    batch_size: int
+    max_examples: int | None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("--batch-size", self.batch_size)
+        if self.max_examples is not None:
+            check_int("--max-examples", self.max_examples)
+
+    def read_data(self) -> EvalData:
+        return EvalData(corpora={}, lambada=self.corpus("lambada")[0])
+
+    def check_memory(self, shape: ModelShape, data: EvalData) -> None:
+        examples = min(len(data.lambada.documents), self.max_examples or len(data.lambada.documents))
+        # block_size + 1 tokens: the last token is only a target (see gpt2xl.perplexity.lambada_eval).
+        self.check_batch_memory(shape, option="--batch-size", batch_size=self.batch_size, count=examples,
+                                seq_len=shape.block_size + 1, what="examples")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridOptions(CommonOptions):
+    grid: GridConfig
+    run_dir: Path
+
+    def check_output(self) -> None:
+        check_output_dir(self.run_dir, name="--run-dir")
+
+    def check_context(self, shape: ModelShape) -> None:
+        check_fits_context(prompt_tokens=self.grid.prompt_tokens, max_new_tokens=self.grid.max_new_tokens,
+                           block_size=shape.block_size)
+
+    def read_data(self) -> EvalData:
+        corpus_split = self.corpus(self.grid.dataset)
+        return EvalData(corpora={self.grid.dataset: corpus_split}, prompts=self.prompts(corpus_split[1]))
+
+    def prompts(self, split: Any) -> list[Any]:
+        """The grid's prompts; ConfigError saying how many fit when the split is too short."""
+        from gpt2xl.grid import grid_prompts
+
+        cfg = self.grid
+        return grid_prompts(split.token_ids, num_prompts=cfg.num_prompts, prompt_tokens=cfg.prompt_tokens,
+                            continuation_tokens=cfg.max_new_tokens)
+
+    def check_memory(self, shape: ModelShape, data: EvalData) -> None:
+        cfg = self.grid
+        self.check_batch_memory(shape, option="--batch-size", batch_size=cfg.batch_size, count=len(data.prompts or ()),
+                                seq_len=cfg.prompt_tokens + cfg.max_new_tokens, what="prompts",
+                                kv_cache=True)  # sampling holds a KV cache; scoring windows does not
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(GridOptions):
+    ppl_datasets: tuple[str, ...]
+    stride: int | None
+    ppl_batch_size: int
+    ppl_max_tokens: int | None  # None: every test set whole
+    lambada_max_examples: int  # 0: no LAMBADA
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in self.ppl_datasets:
+            _perplexity_dataset(name)
+        if self.stride is not None:
+            check_int("--stride", self.stride)
+        check_int("--ppl-batch-size", self.ppl_batch_size)
+        if self.ppl_max_tokens is not None:
+            check_int("--ppl-max-tokens", self.ppl_max_tokens, minimum=2)
+        check_int("--lambada-max-examples", self.lambada_max_examples, minimum=0)
+
+    def check_context(self, shape: ModelShape) -> None:
+        super().check_context(shape)
+        _check_stride(self.stride, shape)
+
+    def read_data(self) -> EvalData:
+        corpora = {name: self.corpus(name) for name in dict.fromkeys([self.grid.dataset, *self.ppl_datasets])}
+        return EvalData(
+            corpora=corpora,
+            lambada=self.corpus("lambada")[0] if self.lambada_max_examples else None,
+            prompts=self.prompts(corpora[self.grid.dataset][1]),
+        )
+
+    def check_memory(self, shape: ModelShape, data: EvalData) -> None:
+        super().check_memory(shape, data)
+        for name in self.ppl_datasets:
+            split = data.corpora[name][1]
+            windows = _num_windows(split, max_tokens=self.ppl_max_tokens, stride=self.stride, shape=shape)
+            self.check_batch_memory(shape, option="--ppl-batch-size", batch_size=self.ppl_batch_size, count=windows,
+                                    seq_len=shape.block_size, what=f"{name} windows")
+        if data.lambada is not None:
+            self.check_batch_memory(shape, option="--ppl-batch-size", batch_size=self.ppl_batch_size,
+                                    count=min(len(data.lambada.documents), self.lambada_max_examples),
+                                    seq_len=shape.block_size + 1, what="LAMBADA examples")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers: one result entry per evaluation, result files, summaries
+# --------------------------------------------------------------------------------------------
 
 
 def _model_info(loaded: Any) -> dict[str, Any]:
@@ -144,14 +473,11 @@ def perplexity_entry(
 
     ids = split.token_ids
     num_words, num_bytes, what = split.num_words, split.num_bytes, split.description
-    if max_tokens is not None:
-        if max_tokens < 2:
-            raise ConfigError(f"--max-tokens must be >= 2, got {max_tokens}.")
-        if max_tokens < len(ids):
-            ids = ids[:max_tokens]
-            text = decode(list(ids))
-            num_words, num_bytes = len(text.split()), len(text.encode("utf-8"))
-            what = f"first {max_tokens:,} tokens of: {split.description}"
+    if max_tokens is not None and max_tokens < len(ids):
+        ids = ids[:max_tokens]
+        text = decode(list(ids))
+        num_words, num_bytes = len(text.split()), len(text.encode("utf-8"))
+        what = f"first {max_tokens:,} tokens of: {split.description}"
     t0 = time.perf_counter()
     nll = sliding_window_nll(model, ids, stride=stride, batch_size=batch_size, progress=progress)
     report = perplexity_report(nll, num_words=num_words, num_bytes=num_bytes)
@@ -169,31 +495,29 @@ def perplexity_entry(
     }
 
 
-def lambada_entry(model: Any, corpus: Any, *, batch_size: int, max_examples: int | None, progress: bool) -> dict[str, Any]:
+def lambada_entry(
+    model: Any, corpus: Any, *, batch_size: int, max_examples: int | None, progress: bool
+) -> dict[str, Any]:
     from gpt2xl.data import lambada_examples
     from gpt2xl.perplexity import lambada_eval
 
     examples = lambada_examples(corpus)
     note = f"all {len(examples):,}"
-    if max_examples is not None:
-        if max_examples < 1:
-            raise ConfigError(f"--lambada-max-examples must be >= 1, got {max_examples}.")
-        if max_examples < len(examples):
-            examples = examples[:max_examples]
-            note = f"first {max_examples:,} of the test set"
+    if max_examples is not None and max_examples < len(examples):
+        examples = examples[:max_examples]
+        note = f"first {max_examples:,} of the test set"
     t0 = time.perf_counter()
     result = lambada_eval(model, examples, batch_size=batch_size, progress=progress)
     return {"dataset": "lambada", "dataset_sha256": corpus.sha256, "note": note,
             "seconds": time.perf_counter() - t0, "result": result.to_dict()}
 
 
-def grid_entry(model: Any, split: Any, cfg: Any, *, progress: bool) -> dict[str, Any]:
-    """Prompts (computed once), the human reference and every cell, as one result entry."""
-    from gpt2xl.grid import human_reference, make_prompts, run_grid
+def grid_entry(model: Any, prompts: list[Any], cfg: GridConfig, *, progress: bool) -> dict[str, Any]:
+    """The human reference and every cell on ``prompts`` (cut from the split once, before
+    loading), as one result entry."""
+    from gpt2xl.grid import human_reference, run_grid
     from gpt2xl.tokenizer import decode
 
-    prompts = make_prompts(split.token_ids, num_prompts=cfg.num_prompts, prompt_tokens=cfg.prompt_tokens,
-                           continuation_tokens=cfg.max_new_tokens)
     t0 = time.perf_counter()
     human = human_reference(model, prompts, batch_size=cfg.batch_size)
     cells = run_grid(model, prompts, cfg, progress=progress)
@@ -212,31 +536,16 @@ def grid_entry(model: Any, split: Any, cfg: Any, *, progress: bool) -> dict[str,
     }
 
 
-def _load(model: str, device: str, dtype: str) -> Any:
-    from gpt2xl.weights import load_model
-
-    return load_model(model, device=device, dtype=dtype, seed=0)
-
-
-def _corpus(name: str, data_dir: Path | None) -> tuple[Any, Any]:
-    from gpt2xl.data import eval_split, get_spec, load_corpus
-
-    get_spec(name)
-    if data_dir is not None and not data_dir.is_dir():
-        raise ConfigError(f"--data-dir {data_dir} is not a directory; point it at a folder laid out as ../shared/data.")
-    corpus = load_corpus(name, data_dir=data_dir)
-    return corpus, eval_split(corpus)
-
-
 def write_eval_outputs(doc: dict[str, Any], run_dir: Path) -> dict[str, Path]:
-    """eval.json, eval_grid.csv (when there is a grid), plots, and report.md, all in ``run_dir``."""
-    from gpt2xl.results import read_result, write_result, write_text_atomic
-    from gpt2xl_app.eval_report import grid_csv, write_eval_plots
+    """eval.json, eval_grid.csv (when there is a grid), plots, and report.md, all in ``run_dir``
+    (checked writable before the run). Each file is written atomically; a failed write raises
+    OutputError, and the files written before it stay."""
+    from gpt2xl.results import write_result, write_text_atomic
+    from gpt2xl_app.eval_report import grid_csv, read_eval_doc, write_eval_plots
     from gpt2xl_app.report import write_report
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"eval": write_result(run_dir / "eval.json", kind="eval", payload=doc)}
-    saved = read_result(paths["eval"], kind="eval")  # plots read the file, exactly as a later re-render would
+    saved = read_eval_doc(paths["eval"])  # plots read the file, exactly as a later re-render would
     if saved.get("grid"):
         paths["csv"] = write_text_atomic(run_dir / "eval_grid.csv", grid_csv(saved))
         write_eval_plots(saved, run_dir)
@@ -263,7 +572,8 @@ def _echo_ppl(entry: dict[str, Any]) -> None:
     r = entry["result"]
     typer.echo(
         f"{entry['dataset']}: token ppl {r['token_perplexity']:.3f}, bits/byte {r['bits_per_byte']:.4f}, "
-        f"word ppl {r['word_perplexity']:.4g} ({r['tokens_scored']:,} tokens scored, context {entry['context_length']}, "
+        f"word ppl {r['word_perplexity']:.4g} ({r['tokens_scored']:,} tokens scored, "
+        f"context {entry['context_length']}, "
         f"stride {entry['stride']}, {entry['seconds']:.1f} s)"
     )
 
@@ -289,17 +599,18 @@ def _echo_grid(grid: dict[str, Any]) -> None:
 
 @eval_app.command()
 def perplexity(
+    *,
     model: ModelOpt = "gpt2-xl",
     dataset: DatasetOpt = "wikitext2",
     data_dir: DataDirOpt = None,
-    stride: Annotated[Optional[int], typer.Option(help="Window stride in tokens (default: the model's context).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Window stride in tokens (default: the model's context).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens (quick runs).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Score only the first N tokens (quick runs).")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result entry as JSON.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the entry to this JSON file.")] = None,
+    out: Annotated[str | None, typer.Option(help="Also write the entry to this JSON file.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Sliding-window perplexity (HF guide loop, token-weighted): token ppl, bits/byte, word ppl.
@@ -308,28 +619,31 @@ def perplexity(
     """
     from gpt2xl.results import write_result
 
-    _set_threads(threads)
-    if dataset == "lambada":
-        raise ConfigError("For LAMBADA use `gpt2xl eval lambada` (it is scored per target word).")
-    corpus, split = _corpus(dataset, data_dir)
-    loaded = _load(model, device, dtype)
+    opts = PerplexityOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
+                             threads=threads, dataset=dataset, stride=stride, batch_size=batch_size,
+                             max_tokens=max_tokens, out=path_option("--out", out))
+    shape, data = opts.prepare()
+    loaded = opts.load(shape, data)
+    corpus, split = data.corpora[dataset]
     entry = perplexity_entry(loaded.model, corpus, split, stride=stride, batch_size=batch_size,
                              max_tokens=max_tokens, progress=progress)
     entry["model"] = _model_info(loaded)
-    if out is not None:
-        write_result(out, kind="perplexity", payload=entry)
+    # The result is printed before the file is written: a failed write does not lose it.
     if as_json:
         typer.echo(json.dumps(entry, indent=2))
     else:
         _echo_ppl(entry)
+    if opts.out is not None:
+        write_result(opts.out, kind="perplexity", payload=entry)
 
 
 @eval_app.command()
 def lambada(
+    *,
     model: ModelOpt = "gpt2-xl",
     data_dir: DataDirOpt = None,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 16,
-    max_examples: Annotated[Optional[int], typer.Option(help="Score only the first N examples.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
     threads: ThreadsOpt = None,
@@ -340,31 +654,17 @@ def lambada(
 
     Example: gpt2xl eval lambada -m gpt2-xl --max-examples 500
     """
-    _set_threads(threads)
-    corpus, _ = _corpus("lambada", data_dir)
-    loaded = _load(model, device, dtype)
-    entry = lambada_entry(loaded.model, corpus, batch_size=batch_size, max_examples=max_examples, progress=progress)
+    opts = LambadaOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
+                          threads=threads, batch_size=batch_size, max_examples=max_examples)
+    shape, data = opts.prepare()
+    loaded = opts.load(shape, data)
+    entry = lambada_entry(loaded.model, data.lambada, batch_size=batch_size, max_examples=max_examples,
+                          progress=progress)
     if as_json:
         typer.echo(json.dumps(entry, indent=2))
     else:
         r = entry["result"]
         typer.echo(f"lambada ({entry['note']}): accuracy {r['accuracy']:.4f}, perplexity {r['perplexity']:.3f}")
-
-
-def _grid_config(dataset: str, temperatures: str, top_ks: str, seeds: str, num_prompts: int, prompt_tokens: int,
-                 max_new_tokens: int, batch_size: int) -> Any:
-    from gpt2xl.grid import GridConfig
-
-    return GridConfig(
-        dataset=dataset,
-        num_prompts=num_prompts,
-        prompt_tokens=prompt_tokens,
-        max_new_tokens=max_new_tokens,
-        temperatures=parse_floats(temperatures, name="--temperatures"),
-        top_ks=parse_ints(top_ks, name="--top-ks"),
-        seeds=parse_ints(seeds, name="--seeds"),
-        batch_size=batch_size,
-    )
 
 
 TempsOpt = Annotated[str, typer.Option(help="Comma-separated temperatures (0 = greedy).")]
@@ -374,12 +674,13 @@ NumPromptsOpt = Annotated[int, typer.Option(help="Prompts cut from the eval spli
 PromptTokensOpt = Annotated[int, typer.Option(help="Tokens per prompt (fixed prefix length).")]
 NewTokensOpt = Annotated[int, typer.Option(help="Tokens to generate per prompt (stops early at end-of-text).")]
 GridBatchOpt = Annotated[int, typer.Option(help="Prompts sampled together in one batch.")]
-RunDirOpt = Annotated[Path, typer.Option(help="Run directory for eval.json, eval_grid.csv, plots and report.md.")]
+RunDirOpt = Annotated[str, typer.Option(help="Run directory for eval.json, eval_grid.csv, plots and report.md.")]
 
 
 @eval_app.command()
 def grid(
     run_dir: RunDirOpt,
+    *,
     model: ModelOpt = "gpt2-xl",
     dataset: DatasetOpt = "tinyshakespeare",
     data_dir: DataDirOpt = None,
@@ -397,32 +698,40 @@ def grid(
 ) -> None:
     """Temperature x top-k (x seeds) sampling grid → RUN_DIR/eval.json, eval_grid.csv, plots, report.md.
 
-    Example: gpt2xl eval grid --run-dir reports/try1 -m ../shared/models/gpt2-tiny-shakespeare --temperatures 0.7,1.0 --top-ks 0,40
+    Example: gpt2xl eval grid --run-dir reports/try1 -m ../shared/models/gpt2-tiny-shakespeare
+    --temperatures 0.7,1.0 --top-ks 0,40
     """
-    _set_threads(threads)
-    cfg = _grid_config(dataset, temperatures, top_ks, seeds, num_prompts, prompt_tokens, max_new_tokens, batch_size)
-    corpus, split = _corpus(dataset, data_dir)
-    loaded = _load(model, device, dtype)
+    cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, seeds=seeds, num_prompts=num_prompts,
+                      prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    opts = GridOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
+                       threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir))
+    shape, data = opts.prepare()
+    loaded = opts.load(shape, data)
+    corpus, split = data.corpora[dataset]
     doc = _base_doc(loaded, corpus, split, list(cfg.seeds), {"grid": cfg.to_dict(), "threads": threads})
-    doc["grid"] = grid_entry(loaded.model, split, cfg, progress=progress)
+    doc["grid"] = grid_entry(loaded.model, data.prompts or [], cfg, progress=progress)
     _echo_grid(doc["grid"])
-    paths = write_eval_outputs(doc, run_dir)
+    paths = write_eval_outputs(doc, opts.run_dir)
     typer.echo(f"wrote {paths['eval']}, {paths.get('csv')}, {paths['report']}")
 
 
 @eval_app.command()
 def run(
     run_dir: RunDirOpt,
-    model: Annotated[Optional[str], typer.Option(
+    *,
+    model: Annotated[str | None, typer.Option(
         "--model", "-m",
-        help=f"Model spec (default: ${EVAL_MODEL_ENV}, else gpt2-xl when in the HF cache, else ../shared/models/gpt2-tiny-shakespeare).",
+        help=f"Model spec (default: ${EVAL_MODEL_ENV}, else gpt2-xl when in the HF cache, else "
+             "../shared/models/gpt2-tiny-shakespeare).",
     )] = None,
     dataset: Annotated[str, typer.Option(help="Dataset of the grid and of the first perplexity.")] = "tinyshakespeare",
     data_dir: DataDirOpt = None,
-    ppl_datasets: Annotated[str, typer.Option(help="Comma-separated datasets to measure perplexity on ('' for none).")] = "tinyshakespeare,wikitext2",
-    stride: Annotated[Optional[int], typer.Option(help="Perplexity window stride (default: the model's context).")] = None,
+    ppl_datasets: Annotated[
+        str, typer.Option(help="Comma-separated datasets to measure perplexity on ('' for none).")
+    ] = "tinyshakespeare,wikitext2",
+    stride: Annotated[int | None, typer.Option(help="Perplexity window stride (default: the model's context).")] = None,
     ppl_batch_size: Annotated[int, typer.Option(help="Perplexity windows per forward pass.")] = 16,
-    ppl_max_tokens: Annotated[Optional[int], typer.Option(
+    ppl_max_tokens: Annotated[int | None, typer.Option(
         help="Score only the first N tokens of each perplexity dataset, for quick looks. The default (0) scores "
              "every test set whole, as published perplexities do: WikiText-2's 286,221 tokens take ~2 min on 2 "
              "quiet cores with the tiny model.",
@@ -447,53 +756,63 @@ def run(
 
     Example: gpt2xl eval run --run-dir reports/local --data-dir ../shared/data --threads 1
     """
-    _set_threads(threads)
-    cfg = _grid_config(dataset, temperatures, top_ks, seeds, num_prompts, prompt_tokens, max_new_tokens, batch_size)
-    ppl_max_tokens = ppl_max_tokens or None  # 0 = no cap
-    names = [n.strip() for n in ppl_datasets.split(",") if n.strip()]
-    if "lambada" in names:
-        raise ConfigError("--ppl-datasets takes wikitext2 and/or tinyshakespeare; LAMBADA has --lambada-max-examples.")
-    if lambada_max_examples < 0:
-        raise ConfigError(f"--lambada-max-examples must be >= 0, got {lambada_max_examples}.")
-    corpora = {name: _corpus(name, data_dir) for name in dict.fromkeys([dataset, *names])}  # fail fast on data
-    lambada_corpus = _corpus("lambada", data_dir)[0] if lambada_max_examples else None
-    spec = model or default_model()
+    cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, seeds=seeds, num_prompts=num_prompts,
+                      prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    opts = RunOptions(
+        model=model or default_eval_model(), data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
+        threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir),
+        ppl_datasets=ppl_datasets_option(ppl_datasets), stride=stride, ppl_batch_size=ppl_batch_size,
+        ppl_max_tokens=ppl_max_tokens or None,  # 0 = no cap
+        lambada_max_examples=lambada_max_examples,
+    )
+    shape, data = opts.prepare()
     t0 = time.perf_counter()
-    loaded = _load(spec, device, dtype)
-    corpus, split = corpora[dataset]
+    loaded = opts.load(shape, data)
+    corpus, split = data.corpora[dataset]
     doc = _base_doc(loaded, corpus, split, list(cfg.seeds), {
-        "grid": cfg.to_dict(), "ppl_datasets": names, "stride": stride, "ppl_batch_size": ppl_batch_size,
-        "ppl_max_tokens": ppl_max_tokens, "lambada_max_examples": lambada_max_examples, "threads": threads,
+        "grid": cfg.to_dict(), "ppl_datasets": list(opts.ppl_datasets), "stride": stride,
+        "ppl_batch_size": ppl_batch_size, "ppl_max_tokens": opts.ppl_max_tokens,
+        "lambada_max_examples": lambada_max_examples, "threads": threads,
     })
-    doc["datasets"] = {name: _dataset_info(c, s) for name, (c, s) in corpora.items()}
-    for name in names:
-        c, s = corpora[name]
+    doc["datasets"] = {name: _dataset_info(c, s) for name, (c, s) in data.corpora.items()}
+    for name in opts.ppl_datasets:
+        c, s = data.corpora[name]
         entry = perplexity_entry(loaded.model, c, s, stride=stride, batch_size=ppl_batch_size,
-                                 max_tokens=ppl_max_tokens, progress=progress)
+                                 max_tokens=opts.ppl_max_tokens, progress=progress)
         _echo_ppl(entry)
         doc["perplexity"].append(entry)
-    if lambada_corpus is not None:
-        doc["lambada"] = lambada_entry(loaded.model, lambada_corpus, batch_size=ppl_batch_size,
+    if data.lambada is not None:
+        doc["lambada"] = lambada_entry(loaded.model, data.lambada, batch_size=ppl_batch_size,
                                        max_examples=lambada_max_examples, progress=progress)
         typer.echo(f"lambada: accuracy {doc['lambada']['result']['accuracy']:.4f}, "
                    f"perplexity {doc['lambada']['result']['perplexity']:.3f}")
-    doc["grid"] = grid_entry(loaded.model, split, cfg, progress=progress)
+    doc["grid"] = grid_entry(loaded.model, data.prompts or [], cfg, progress=progress)
     doc["total_seconds"] = time.perf_counter() - t0
     _echo_grid(doc["grid"])
-    paths = write_eval_outputs(doc, run_dir)
+    paths = write_eval_outputs(doc, opts.run_dir)
     typer.echo(f"wrote {paths['eval']}, {paths.get('csv')}, {paths['report']} ({doc['total_seconds']:.0f} s)")
 
 
 @eval_app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory holding eval.json and/or bench.json.")]) -> None:
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A run directory holding eval.json and/or bench.json.")],
+) -> None:
     """Re-render RUN_DIR/report.md (and the eval plots) from the result files.
 
     Example: gpt2xl eval report reports/20260101T000000Z
     """
-    from gpt2xl.results import read_result
-    from gpt2xl_app.eval_report import write_eval_plots
+    from gpt2xl_app.compare import load_bench
+    from gpt2xl_app.eval_report import read_eval_doc, write_eval_plots
     from gpt2xl_app.report import write_report
 
-    if (run_dir / "eval.json").exists():
-        write_eval_plots(read_result(run_dir / "eval.json", kind="eval"), run_dir)
-    typer.echo(f"wrote {write_report(run_dir)}")
+    folder = path_option("RUN_DIR", run_dir)
+    if not folder.is_dir():
+        raise ResultError(f"{folder} is not a directory; pass a run directory holding eval.json and/or bench.json.")
+    eval_path, bench_path = folder / "eval.json", folder / "bench.json"
+    # Both files are checked before anything is written, so a malformed one changes nothing.
+    eval_doc = read_eval_doc(eval_path) if eval_path.exists() else None
+    if bench_path.exists():
+        load_bench(bench_path)
+    if eval_doc is not None:
+        write_eval_plots(eval_doc, folder)
+    typer.echo(f"wrote {write_report(folder)}")

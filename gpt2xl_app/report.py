@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gpt2xl.results import read_result, write_text_atomic
+from gpt2xl.errors import ResultError
+from gpt2xl.results import write_text_atomic
 from gpt2xl_app.bench_report import render_bench_section
 from gpt2xl_app.compare import load_bench
 
 
-def _provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | None) -> list[str]:
+def _run_provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | None) -> list[str]:
     lines = ["## Provenance", ""]
     if eval_doc is not None:
         m = eval_doc["model"]
@@ -34,14 +35,18 @@ def _provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | Non
         datasets = eval_doc.get("datasets") or {eval_doc["dataset"]["name"]: eval_doc["dataset"]}
         for name, d in datasets.items():
             lines.append(f"| dataset {name} | {d['source']} — sha256 `{d['sha256']}`; {d['split']} |")
-        env = eval_doc.get("environment", {})
+        env = eval_doc.get("environment") or {}
+        weights_seed = m.get("seed") if m.get("seed") is not None else "n/a (loaded)"
+        environment = (
+            f"python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
+            f"{env.get('cpu')} ({env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads), "
+            f"CUDA {'yes' if env.get('cuda_available') else 'no'}"
+        )
         lines += [
             f"| device / dtype | {m['device']} / {m['dtype']} |",
-            f"| seeds | sampling {eval_doc['seeds']}; weights seed {m.get('seed') if m.get('seed') is not None else 'n/a (loaded)'} |",
+            f"| seeds | sampling {eval_doc['seeds']}; weights seed {weights_seed} |",
             f"| git | `{env.get('git_sha')}` |",
-            f"| environment | python {env.get('python')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
-            f"{env.get('cpu')} ({env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch threads), "
-            f"CUDA {'yes' if env.get('cuda_available') else 'no'} |",
+            f"| environment | {environment} |",
             "",
         ]
     if bench_doc is not None:
@@ -51,17 +56,25 @@ def _provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] | Non
 
 
 def render_report(run_dir: Path) -> str:
-    """The Markdown of ``run_dir``'s report; a run directory with neither result file raises
-    ResultError."""
-    from gpt2xl.errors import ResultError
-
+    """The Markdown of ``run_dir``'s report. Both result files are checked against the fields the
+    report reads when they are read; a run directory with neither, or a result file that is
+    malformed, raises ResultError naming the file (and the field)."""
+    if not run_dir.is_dir():
+        raise ResultError(f"{run_dir} is not a directory; pass a run directory holding eval.json and/or bench.json.")
     eval_path, bench_path = run_dir / "eval.json", run_dir / "bench.json"
-    eval_doc = read_result(eval_path, kind="eval") if eval_path.exists() else None
+    eval_doc = None
+    if eval_path.exists():
+        # eval_report imports matplotlib (half a second): a bench-only report does without it.
+        from gpt2xl_app.eval_report import read_eval_doc
+
+        eval_doc = read_eval_doc(eval_path)
     bench_doc = load_bench(bench_path) if bench_path.exists() else None  # pytest-benchmark's format
     if eval_doc is None and bench_doc is None:
-        raise ResultError(f"{run_dir} holds neither eval.json nor bench.json; run `nox -s eval` or `nox -s bench` first.")
+        raise ResultError(
+            f"{run_dir} holds neither eval.json nor bench.json; run `nox -s eval` or `nox -s bench` first."
+        )
     lines = [f"# gpt2xl report — {run_dir.name}", ""]
-    lines += _provenance(eval_doc, bench_doc)
+    lines += _run_provenance(eval_doc, bench_doc)
     if eval_doc is not None:
         from gpt2xl_app.eval_report import render_eval_section
 

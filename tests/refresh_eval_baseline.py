@@ -52,7 +52,7 @@ def compute(setup: dict[str, Any]) -> dict[str, Any]:
     """The metrics ``setup`` describes: {"perplexity": {...}, "cells": {"T=..,k=..,seed=..": {...}},
     "human": {...}}."""
     from gpt2xl.data import eval_split, load_corpus
-    from gpt2xl.grid import GridConfig, human_reference, make_prompts, run_grid
+    from gpt2xl.grid import GridConfig, grid_prompts, human_reference, run_grid
     from gpt2xl.perplexity import perplexity_report, sliding_window_nll
     from gpt2xl.tokenizer import decode
     from gpt2xl.weights import load_model
@@ -65,7 +65,7 @@ def compute(setup: dict[str, Any]) -> dict[str, Any]:
     nll = sliding_window_nll(loaded.model, ids, stride=p["stride"], batch_size=p["batch_size"])
     ppl = perplexity_report(nll, num_words=len(text.split()), num_bytes=len(text.encode("utf-8"))).to_dict()
     cfg = GridConfig.from_dict(setup["grid"])
-    prompts = make_prompts(split.token_ids, num_prompts=cfg.num_prompts, prompt_tokens=cfg.prompt_tokens,
+    prompts = grid_prompts(split.token_ids, num_prompts=cfg.num_prompts, prompt_tokens=cfg.prompt_tokens,
                            continuation_tokens=cfg.max_new_tokens)
     cells = run_grid(loaded.model, prompts, cfg)
     return {

@@ -69,7 +69,9 @@ def no_data_dir_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _fake_datasets(monkeypatch: pytest.MonkeyPatch, load_dataset) -> list[tuple]:  # noqa: ANN001
     """Put a stand-in ``datasets`` module in sys.modules (the loader imports it lazily) and
-    return the list of calls it receives."""
+    return the list of calls it receives. Offline mode is set, as for a copy `datasets` cached
+    before, so that the loader asks the stand-in instead of failing on an unresolvable hub."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     calls: list[tuple] = []
 
     def recording_load_dataset(path, name=None, *, split):  # noqa: ANN001, ANN202

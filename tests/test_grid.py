@@ -1,5 +1,6 @@
 """The sampling grid: config validation, prompts, determinism, and the edge cases (all
-end-of-text, empty generations, top-k above the vocabulary, prompts longer than the context)."""
+end-of-text, empty generations, top-k above the vocabulary, prompts that do not fit the context
+or the split)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from gpt2xl.errors import ConfigError
 from gpt2xl.grid import (
     GridConfig,
     Prompt,
+    check_fits_context,
     continuation_nll,
-    human_reference,
-    make_prompts,
+    grid_prompts,
     run_grid,
 )
 from gpt2xl.model import GPT
@@ -58,6 +59,9 @@ def _cfg(**kw) -> GridConfig:
         {"top_ks": (-1,)},
         {"top_ks": (1.5,)},
         {"seeds": (0, 0)},
+        {"seeds": (2**64,)},
+        {"temperatures": (float("inf"),)},
+        {"temperatures": (True,)},
         {"num_prompts": 0},
         {"batch_size": True},
         {"dataset": ""},
@@ -76,21 +80,28 @@ def test_grid_config_round_trips_through_dict():
         GridConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 
-def test_make_prompts_evenly_spaced_fixed_length():
+def test_grid_prompts_evenly_spaced_fixed_length():
     ids = list(range(100))
-    prompts = make_prompts(ids, num_prompts=4, prompt_tokens=5, continuation_tokens=3)
+    prompts = grid_prompts(ids, num_prompts=4, prompt_tokens=5, continuation_tokens=3)
     assert [p.start for p in prompts] == [0, 31, 61, 92]  # round(i * 92 / 3)
     assert all(len(p.tokens) == 5 and len(p.continuation) == 3 for p in prompts)
     assert prompts[-1].continuation == (97, 98, 99)
     assert prompts[1].tokens == tuple(range(31, 36))
-    assert make_prompts(ids, num_prompts=1, prompt_tokens=5, continuation_tokens=3)[0].start == 0
+    assert grid_prompts(ids, num_prompts=1, prompt_tokens=5, continuation_tokens=3)[0].start == 0
     with pytest.raises(ConfigError, match="fewer"):
-        make_prompts(ids[:7], num_prompts=2, prompt_tokens=5, continuation_tokens=3)
+        grid_prompts(ids[:7], num_prompts=2, prompt_tokens=5, continuation_tokens=3)
+
+
+def test_grid_prompts_refuse_more_prompts_than_the_split_holds():
+    ids = list(range(100))
+    assert len(grid_prompts(ids, num_prompts=12, prompt_tokens=5, continuation_tokens=3)) == 12  # 96 tokens fit
+    with pytest.raises(ConfigError, match=r"need 104 tokens but the split holds 100; use --num-prompts 12 or fewer"):
+        grid_prompts(ids, num_prompts=13, prompt_tokens=5, continuation_tokens=3)
 
 
 def test_grid_is_deterministic_under_a_seed(tiny_shakespeare, split_ids):
     cfg = _cfg(temperatures=(1.0,), top_ks=(0, 20), seeds=(0, 1))
-    prompts = make_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
+    prompts = grid_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
     a = run_grid(tiny_shakespeare.model, prompts, cfg)
     b = run_grid(tiny_shakespeare.model, prompts, cfg)
     assert [(c.temperature, c.top_k, c.seed) for c in a] == [(1.0, 0, 0), (1.0, 0, 1), (1.0, 20, 0), (1.0, 20, 1)]
@@ -104,7 +115,7 @@ def test_grid_is_deterministic_under_a_seed(tiny_shakespeare, split_ids):
 
 
 def test_top_k_above_the_vocabulary_equals_the_whole_vocabulary(tiny_shakespeare, split_ids):
-    prompts = make_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
+    prompts = grid_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
     cells = run_grid(tiny_shakespeare.model, prompts, _cfg(top_ks=(0, 10**6)))
     assert cells[0].examples == cells[1].examples
     assert cells[0].metrics == cells[1].metrics
@@ -121,14 +132,19 @@ def test_all_end_of_text_generations_give_empty_samples(eot_model):
         assert cell.examples == ((), ())
 
 
-def test_prompt_longer_than_the_context_is_cropped(tiny_shakespeare, split_ids):
+def test_check_fits_context_says_the_largest_value_that_fits():
+    check_fits_context(prompt_tokens=120, max_new_tokens=9, block_size=128)  # the last token is never fed back
+    with pytest.raises(ConfigError, match=r"with --prompt-tokens 120, use --max-new-tokens 9 or fewer"):
+        check_fits_context(prompt_tokens=120, max_new_tokens=10, block_size=128)
+    with pytest.raises(ConfigError, match=r"use --prompt-tokens 128 or fewer \(with --max-new-tokens 1\)"):
+        check_fits_context(prompt_tokens=200, max_new_tokens=1, block_size=128)
+
+
+def test_a_prompt_that_does_not_fit_the_context_is_refused_not_cropped(tiny_shakespeare, split_ids):
     block = tiny_shakespeare.config.block_size
-    prompts = make_prompts(split_ids, num_prompts=2, prompt_tokens=block + 40, continuation_tokens=8)
-    (cell,) = run_grid(tiny_shakespeare.model, prompts, _cfg(prompt_tokens=block + 40, num_prompts=2))
-    assert cell.metrics.generated_tokens == 16  # no EOT in Shakespeare's continuations here
-    assert cell.metrics.generation_perplexity is not None and cell.metrics.generation_perplexity > 1.0
-    human = human_reference(tiny_shakespeare.model, prompts, batch_size=2)
-    assert human.generated_tokens == 16 and human.eot_rate == 0.0
+    prompts = grid_prompts(split_ids, num_prompts=2, prompt_tokens=block + 40, continuation_tokens=8)
+    with pytest.raises(ConfigError, match=f"does not fit the model's context of {block} tokens"):
+        run_grid(tiny_shakespeare.model, prompts, _cfg(prompt_tokens=block + 40, num_prompts=2))
 
 
 def test_continuation_nll_counts_only_continuation_tokens():

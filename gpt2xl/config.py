@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from gpt2xl.errors import ConfigError
 
 EOT_TOKEN_ID = 50256  # <|endoftext|>, the last id of GPT-2's BPE vocabulary
 GPT2_VOCAB_SIZE = 50257
+MAX_DIMENSION = 2**31 - 1  # a config.json size beyond int32 is corrupt, not a model to size memory for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,16 +30,18 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})."
             )
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
+        if self.n_inner is not None and (
+            isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int) or self.n_inner <= 0
+        ):
             raise ConfigError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}.")
-        if not self.layer_norm_epsilon > 0:
-            raise ConfigError(f"GPTConfig.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}.")
+        if not 0 < self.layer_norm_epsilon < math.inf:
+            raise ConfigError(f"GPTConfig.layer_norm_epsilon must be finite and > 0, got {self.layer_norm_epsilon!r}.")
 
     @property
     def head_size(self) -> int:
@@ -63,40 +67,86 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_hf_config(cls, hf: dict[str, Any]) -> "GPTConfig":
-        """Read a Hugging Face GPT-2 ``config.json`` (as a dict).
+    def from_hf_config(cls, hf: object, *, source: str = "config.json") -> GPTConfig:
+        """Read a Hugging Face GPT-2 ``config.json`` (its parsed JSON; ``source`` names the file in
+        messages).
 
-        Raises ConfigError for checkpoints whose architecture differs from what this model
-        computes (another activation, untied embeddings, layer-index attention scaling), since
-        loading them would silently give different logits.
+        Raises ConfigError naming the file and the field for a document that is not a JSON object,
+        a missing or mistyped field (JSON numbers only: ``"12"``, ``1.5``, ``true`` and ``null`` are
+        refused where an integer is needed), a vocabulary smaller than GPT-2's tokenizer, and
+        checkpoints whose architecture differs from what this model computes (another activation,
+        untied embeddings, layer-index attention scaling), since loading them would silently give
+        different logits.
         """
+        if not isinstance(hf, dict):
+            raise ConfigError(
+                f"{source} holds a JSON {_json_type(hf)}, not an object of GPT-2 settings; "
+                "pass a Hugging Face GPT-2 checkpoint directory."
+            )
         model_type = hf.get("model_type", "gpt2")
         if model_type != "gpt2":
-            raise ConfigError(f"config.json has model_type {model_type!r}; only 'gpt2' checkpoints are supported.")
+            raise ConfigError(f"{source} has model_type {model_type!r}; only 'gpt2' checkpoints are supported.")
         activation = hf.get("activation_function", "gelu_new")
         if activation not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ConfigError(
-                f"config.json asks for activation {activation!r}; this model implements GPT-2's "
+                f"{source} asks for activation {activation!r}; this model implements GPT-2's "
                 "tanh GELU ('gelu_new') only."
             )
         if hf.get("scale_attn_by_inverse_layer_idx", False):
-            raise ConfigError("config.json sets scale_attn_by_inverse_layer_idx, which GPT-2 does not use.")
+            raise ConfigError(f"{source} sets scale_attn_by_inverse_layer_idx, which GPT-2 does not use.")
         if not hf.get("scale_attn_weights", True):
-            raise ConfigError("config.json turns off scale_attn_weights, which GPT-2 uses.")
+            raise ConfigError(f"{source} turns off scale_attn_weights, which GPT-2 uses.")
         if not hf.get("tie_word_embeddings", True):
-            raise ConfigError("config.json unties the word embeddings; GPT-2 ties lm_head to wte.")
-        try:
-            return cls(
-                n_layer=int(hf["n_layer"]),
-                n_head=int(hf["n_head"]),
-                n_embd=int(hf["n_embd"]),
-                block_size=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
-                vocab_size=int(hf.get("vocab_size", GPT2_VOCAB_SIZE)),
-                n_inner=None if hf.get("n_inner") is None else int(hf["n_inner"]),
-                layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
+            raise ConfigError(f"{source} unties the word embeddings; GPT-2 ties lm_head to wte.")
+
+        def integer(field: str, default: object = _REQUIRED) -> int:
+            value = hf.get(field, default)
+            if value is _REQUIRED:
+                raise ConfigError(f"{source} lacks the field {field!r} that a GPT-2 config needs.")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DIMENSION:
+                raise ConfigError(
+                    f"{source} field {field!r} must be an integer in [1, {MAX_DIMENSION:,}], got {value!r}."
+                )
+            return value
+
+        block_size = integer("n_positions", hf.get("n_ctx", 1024))
+        vocab_size = integer("vocab_size", GPT2_VOCAB_SIZE)
+        if vocab_size < GPT2_VOCAB_SIZE:
+            raise ConfigError(
+                f"{source} field 'vocab_size' is {vocab_size}, fewer than the {GPT2_VOCAB_SIZE} tokens of "
+                "GPT-2's tokenizer that this tool uses; pass a GPT-2 checkpoint."
             )
-        except KeyError as exc:
-            raise ConfigError(f"config.json lacks the field {exc.args[0]!r} that a GPT-2 config needs.") from exc
+        epsilon = hf.get("layer_norm_epsilon", 1e-5)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < math.inf:
+            raise ConfigError(f"{source} field 'layer_norm_epsilon' must be a finite number > 0, got {epsilon!r}.")
+        n_embd, n_head = integer("n_embd"), integer("n_head")
+        if n_embd % n_head != 0:
+            raise ConfigError(f"{source} field 'n_embd' ({n_embd}) must be divisible by 'n_head' ({n_head}).")
+        return cls(
+            n_layer=integer("n_layer"),
+            n_head=n_head,
+            n_embd=n_embd,
+            block_size=block_size,
+            vocab_size=vocab_size,
+            n_inner=None if hf.get("n_inner") is None else integer("n_inner"),
+            layer_norm_epsilon=float(epsilon),
+        )
+
+
+_REQUIRED = object()  # sentinel: a config.json field without a default
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else type(value).__name__
 
 
 # GPT-2's four released sizes, and tiny shapes for tests. "tiny-xl" keeps XL's width and head

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ PLAIN = ProjectionPlan()
 
 def plain_plan() -> KernelPlan:
     """PyTorch's own kernels on ``nn.Linear`` storage: what runs with autotuning off."""
-    return {kind: PLAIN for kind in PROJECTION_KINDS}
+    return dict.fromkeys(PROJECTION_KINDS, PLAIN)
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, splits: int) -> torch.Tensor:
@@ -96,7 +96,9 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         block = -(-out_features // splits)
         step = (out_features - block) // (splits - 1)
         block = out_features - step * (splits - 1)  # the last block ends exactly at out_features
-        wn = weight.as_strided((splits, block, in_features), (step * in_features, in_features, 1), weight.storage_offset())
+        wn = weight.as_strided(
+            (splits, block, in_features), (step * in_features, in_features, 1), weight.storage_offset()
+        )
         y = torch.bmm(rows.expand(splits, R, in_features), wn.transpose(1, 2))  # (S, R, block)
         y = torch.cat([*(y[i, :, :step] for i in range(splits - 1)), y[-1]], dim=1)  # (R, out)
     elif weight.t().is_contiguous() and in_features % splits == 0:
@@ -166,7 +168,7 @@ class KVCache:
         device: torch.device,
         dtype: torch.dtype,
         zeroed: bool = False,
-    ) -> "KVCache":
+    ) -> KVCache:
         if not 0 < max_len <= config.block_size:
             raise ValueError(f"KV cache length must be in [1, {config.block_size}], got {max_len}")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
@@ -272,20 +274,29 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class Transformer(nn.Module):
+    """GPT-2's ``transformer`` submodule: embeddings, blocks, final LayerNorm. A module of its own
+    (not an ``nn.ModuleDict``) so that its parts have types; the parameter names are the same."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    @property
+    def blocks(self) -> list[Block]:
+        return cast("list[Block]", list(self.h))
+
+
 class GPT(nn.Module):
     """GPT-2 language model. ``lm_head`` shares its weight with ``transformer.wte``."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
-            )
-        )
+        self.transformer = Transformer(config)
         self.lm_head = Projection(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -317,7 +328,7 @@ class GPT(nn.Module):
           samples the next token need not pay for T x vocab logits.
         Returns (B, T, V) logits, or (B, 1, V) with ``last_only``.
         """
-        B, T = idx.shape
+        T = idx.shape[1]
         if isinstance(start_pos, torch.Tensor):
             if cache is None or positions is None or attn_mask is None:
                 raise ValueError("static mode (a tensor start_pos) needs a cache, positions and attn_mask")
@@ -327,7 +338,7 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start_pos + T} tokens exceeds the context of {self.config.block_size}; crop it first"
             )
-        if positions is None:
+        if positions is None and not isinstance(start_pos, torch.Tensor):  # static mode passes its own
             positions = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
@@ -350,7 +361,7 @@ class GPT(nn.Module):
 
     def projections_by_kind(self) -> dict[str, list[Projection]]:
         """``PROJECTION_KINDS`` -> the projections of that kind (one per block; one lm_head)."""
-        blocks = self.transformer.h
+        blocks = self.transformer.blocks
         return {
             "attn.c_attn": [b.attn.c_attn for b in blocks],
             "attn.c_proj": [b.attn.c_proj for b in blocks],
@@ -361,7 +372,11 @@ class GPT(nn.Module):
 
     def linear_layers(self) -> list[Projection]:
         """The four GPT-2 ``Conv1D`` projections of every block (not the tied lm_head)."""
-        return [m for block in self.transformer.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]
+        return [
+            m
+            for block in self.transformer.blocks
+            for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+        ]
 
     def apply_kernel_plan(self, plan: KernelPlan) -> None:
         """Store every projection kind as ``plan`` says (re-laying out weights that differ) and
@@ -408,7 +423,7 @@ class GPT(nn.Module):
         try:
             yield
         finally:
-            for p, enabled in zip(projs, before):
+            for p, enabled in zip(projs, before, strict=True):
                 p.kernels_enabled = enabled
 
     def weight_bytes(self) -> int:
@@ -420,6 +435,62 @@ class GPT(nn.Module):
                 seen.add(id(p))
                 total += p.numel() * p.element_size()
         return total
+
+
+@dataclass(frozen=True, kw_only=True)
+class NonFinite:
+    """Where a forward pass first produced NaN or inf (see :func:`locate_nonfinite`)."""
+
+    module: str  # as in the parameter names, without "transformer.": "h.3.mlp.c_fc", "lm_head"
+    value: Literal["NaN", "inf"]  # NaN wherever some value is NaN, else inf
+    from_input: bool  # its input already held it: made by an op between modules (SDPA, GELU, a sum)
+    bad_parameters: tuple[str, ...]  # the module's own parameters that hold NaN or inf
+
+    def describe(self) -> str:
+        if self.from_input:
+            return (
+                f"{self.value} first appears in the input of {self.module} "
+                "(made by the attention, GELU or residual sum before it)"
+            )
+        if not self.bad_parameters:
+            return f"{self.module} produced {self.value}"
+        verb = "holds" if len(self.bad_parameters) == 1 else "hold"
+        return f"{self.module} produced {self.value} (its {' and '.join(self.bad_parameters)} {verb} NaN or inf)"
+
+
+@torch.inference_mode()
+def locate_nonfinite(model: GPT, idx: torch.Tensor, **forward_kwargs: Any) -> NonFinite | None:
+    """Run ``model(idx, **forward_kwargs)`` once more with a hook on every leaf module and return
+    the first module, in execution order, whose output holds NaN or inf (None when the whole
+    forward is finite). For diagnosis only, after a step's logits were found non-finite: the
+    hooks cost a reduction per module."""
+    found: list[NonFinite] = []
+
+    def hook(name: str) -> Any:
+        def check(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if found or not isinstance(output, torch.Tensor) or bool(torch.isfinite(output).all()):
+                return
+            inputs = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            bad_inputs = [a for a in inputs if not bool(torch.isfinite(a).all())]
+            culprit = bad_inputs or [output]
+            found.append(NonFinite(
+                module=name,
+                value="NaN" if any(bool(torch.isnan(t).any()) for t in culprit) else "inf",
+                from_input=bool(bad_inputs),
+                bad_parameters=tuple(
+                    n for n, p in module.named_parameters(recurse=False) if not bool(torch.isfinite(p).all())
+                ),
+            ))
+        return check
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook(n.removeprefix("transformer."))) for n, m in leaves]
+    try:
+        model(idx, **forward_kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
 
 
 def _storage_of(weight: torch.Tensor) -> StorageLayout:

@@ -2,7 +2,11 @@
 
 Semantics shared by both loops (and pinned by tests):
 
-- ``temperature == 0`` is greedy (argmax); otherwise logits are divided by the temperature.
+- ``temperature == 0`` is greedy (argmax); any other temperature T > 0 samples from
+  ``softmax(logits / T)``, computed as ``softmax((logits - max) / T)`` so that no finite logits
+  give a NaN at any T (see :func:`logits_to_probs`). A tiny T (down to the smallest float,
+  5e-324) tends to greedy, the most likely tokens sharing the mass when tied; a huge T (1e308)
+  tends to uniform over the top-k candidates.
 - ``top_k`` None or 0 keeps the whole vocabulary; otherwise exactly ``min(top_k, vocab)``
   candidates survive (ties at the k-th value are broken by ``torch.topk``'s order, not all kept).
 - Sampling draws with ``torch.multinomial`` from a caller-owned ``torch.Generator``, one draw per
@@ -10,12 +14,15 @@ Semantics shared by both loops (and pinned by tests):
   sequences stop and both loops consume it identically.
 - With ``stop_at_eot``, a sequence stops at ``<|endoftext|>`` (the token is not part of its output);
   the loop ends when all sequences have stopped or ``max_new_tokens`` are reached.
-- The context is the last ``block_size`` tokens: longer prompts are cropped from the left.
+- The context is the last ``block_size`` tokens: longer prompts are cropped from the left
+  (``GenerationOutput.prompt_tokens`` holds what was kept; callers report the crop).
+- Non-finite logits stop the loop with a :class:`~gpt2xl.errors.NumericalError` naming the first
+  layer that produced them (found by one more forward with hooks, see ``model.locate_nonfinite``).
+  The per-step check is one reduction and one read of its result.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +31,14 @@ import torch
 
 from gpt2xl.config import EOT_TOKEN_ID
 from gpt2xl.devices import synchronize
-from gpt2xl.errors import ConfigError
-from gpt2xl.model import GPT, KVCache
+from gpt2xl.errors import ConfigError, NumericalError
+from gpt2xl.model import GPT, KVCache, locate_nonfinite
 from gpt2xl.static_decode import StaticDecoder
+from gpt2xl.validation import check_float, check_int, check_seed
+
+# Tokens one call may generate per sequence: beyond the context every step is a full forward, so
+# a million tokens are hours even for the tiny model; larger counts are typing errors.
+MAX_NEW_TOKENS = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +50,10 @@ class SamplingConfig:
     eot_id: int = EOT_TOKEN_ID
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}.")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}.")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
-            raise ConfigError(f"top_k must be a non-negative integer or None (0/None = no top-k), got {self.top_k!r}.")
+        check_int("max_new_tokens", self.max_new_tokens, minimum=0, maximum=MAX_NEW_TOKENS)
+        check_float("temperature", self.temperature, minimum=0, hint=" 0 means greedy decoding.")
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, minimum=0)
 
     @property
     def greedy(self) -> bool:
@@ -51,18 +61,35 @@ class SamplingConfig:
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator on ``device`` (multinomial needs one on the device of the probabilities)."""
-    return torch.Generator(device=device).manual_seed(seed)
+    """A generator on ``device`` (multinomial needs one on the device of the probabilities);
+    ConfigError for a seed ``torch.Generator`` would refuse (see ``validation.check_seed``)."""
+    return torch.Generator(device=device).manual_seed(check_seed("seed", seed))
+
+
+_FLOAT32 = torch.finfo(torch.float32)
 
 
 def logits_to_probs(logits: torch.Tensor, *, temperature: float, top_k: int | None) -> torch.Tensor:
-    """Next-token distribution (B, V), in fp32, from logits (B, V). ``temperature`` must be > 0."""
-    logits = logits.float() / temperature  # (B, V)
+    """Next-token distribution (B, V), in fp32, from logits (B, V), for ``temperature`` > 0.
+
+    Computed as ``softmax(top_k((logits - max)) / temperature)``: each row's largest value is
+    exactly 0 and the rest are <= 0 (or -inf), so finite logits give a valid distribution at any
+    temperature, never NaN. The top-k candidates are chosen before the division, where a huge
+    temperature cannot yet have rounded distinct logits into ties. A temperature that float32
+    cannot hold as a normal number (it would round to a subnormal, to 0 or to inf) divides in
+    float64.
+    """
+    if not temperature > 0:
+        raise ConfigError(f"logits_to_probs needs a temperature > 0 (0 means greedy: argmax), got {temperature!r}.")
+    x = logits.float()
+    x = x - x.amax(dim=-1, keepdim=True)  # (B, V) <= 0; -inf where the difference overflows
     if top_k:
-        k = min(top_k, logits.shape[-1])
-        values, indices = torch.topk(logits, k, dim=-1)  # (B, k)
-        logits = torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)  # exactly k finite
-    return torch.softmax(logits, dim=-1)
+        k = min(top_k, x.shape[-1])
+        values, indices = torch.topk(x, k, dim=-1)  # (B, k)
+        x = torch.full_like(x, float("-inf")).scatter_(-1, indices, values)  # exactly k finite
+    in_float32 = _FLOAT32.tiny <= temperature <= _FLOAT32.max
+    x = x / temperature if in_float32 else (x.double() / temperature).float()
+    return torch.softmax(x, dim=-1)
 
 
 def sample_next(
@@ -102,7 +129,9 @@ class GenerationOutput:
 
     @property
     def tokens_per_s(self) -> float:
-        return tokens_per_s(batch_size=self.batch_size, steps=self.steps, prefill_s=self.prefill_s, decode_s=self.decode_s)
+        return tokens_per_s(
+            batch_size=self.batch_size, steps=self.steps, prefill_s=self.prefill_s, decode_s=self.decode_s
+        )
 
 
 def decode_tokens_per_s(*, batch_size: int, steps: int, decode_s: float) -> float:
@@ -117,14 +146,32 @@ def tokens_per_s(*, batch_size: int, steps: int, prefill_s: float, decode_s: flo
     return batch_size * steps / total_s if total_s > 0 else 0.0
 
 
+def nonfinite_error(model: GPT, seq: torch.Tensor, pad: torch.Tensor, *, step: int) -> NumericalError:
+    """The error for non-finite logits after the left-padded tokens ``seq`` (B, L), i.e. before
+    new token ``step + 1``, naming where they first appear: one more forward over the same window
+    with a hook on every module (``model.locate_nonfinite``)."""
+    window, positions, mask = _window(seq, pad, model.config.block_size)
+    found = locate_nonfinite(model, window, positions=positions, attn_mask=mask)
+    head = f"Generation stopped at new token {step + 1}"
+    dtype = model.transformer.wte.weight.dtype
+    if found is None:
+        return NumericalError(
+            f"{head}: its logits hold NaN or inf, but a plain forward over the same tokens is finite; "
+            "rerun with --autotune off to rule out the tuned kernels."
+        )
+    if found.bad_parameters:
+        return NumericalError(f"{head}: {found.describe()}; the checkpoint is corrupt: download or convert it again.")
+    if dtype == torch.float32:
+        advice = "the activations exceed float32's range, so the weights are likely damaged: check the checkpoint."
+    else:
+        advice = f"the activations exceed {str(dtype).removeprefix('torch.')}'s range: run with --dtype fp32."
+    return NumericalError(f"{head}: {found.describe()}; {advice}")
+
+
 def _crop(prompts: Sequence[Sequence[int]], block_size: int, eot_id: int) -> list[list[int]]:
     """Keep each prompt's last ``block_size`` tokens; an empty prompt becomes ``[eot]`` (GPT-2
     begins unconditional samples with <|endoftext|>)."""
-    cropped = []
-    for p in prompts:
-        p = list(p)
-        cropped.append(p[-block_size:] if p else [eot_id])
-    return cropped
+    return [list(p)[-block_size:] if len(p) else [eot_id] for p in prompts]
 
 
 def _finish(
@@ -167,6 +214,8 @@ def generate_reference(
     t_first = t0
     for step in range(cfg.max_new_tokens):
         logits = model(idx[:, -block_size:])[:, -1, :]  # (B, V)
+        if not bool(torch.isfinite(logits).all()):
+            raise nonfinite_error(model, idx, torch.zeros(B, dtype=torch.long, device=device), step=step)
         next_id = sample_next(logits, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)  # (B,)
         if cfg.stop_at_eot:
             next_id = torch.where(finished, cfg.eot_id, next_id)
@@ -286,6 +335,8 @@ def generate(
     t_first = t0
     step = 0
     while True:
+        if not bool(torch.isfinite(logits).all()):
+            raise nonfinite_error(model, torch.cat([seq, new[:, :step]], dim=1), pad, step=step)
         next_id = sample_next(logits, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)  # (B,)
         if cfg.stop_at_eot:
             next_id = torch.where(finished, cfg.eot_id, next_id)

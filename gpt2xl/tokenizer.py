@@ -92,5 +92,12 @@ def encode(text: str) -> list[int]:
 
 
 def decode(ids: list[int]) -> str:
-    """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD."""
+    """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD. TokenizerError for
+    an id outside GPT-2's vocabulary (a checkpoint whose vocab_size is padded past it sampled one)."""
+    outside = next((i for i in ids if not 0 <= i <= EOT_TOKEN_ID), None)
+    if outside is not None:
+        raise TokenizerError(
+            f"Token id {outside} is outside GPT-2's vocabulary of {EOT_TOKEN_ID + 1} tokens, so it has no text; "
+            "the model's vocab_size is larger than its tokenizer: use a checkpoint with GPT-2's 50257 tokens."
+        )
     return get_tokenizer().decode(ids)

@@ -20,8 +20,13 @@ weights (building a transformers model and copying from it would peak at two).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import pickle
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,12 +34,13 @@ from typing import Literal
 
 import torch
 
+from gpt2xl.autotune import TuneReport, check_mode, tune
 from gpt2xl.config import GPTConfig, get_preset
 from gpt2xl.devices import check_dtype_supported, dtype_name, resolve_device, resolve_dtype
 from gpt2xl.errors import ConfigError, WeightsError
 from gpt2xl.hugepages import advise_huge_pages
-from gpt2xl.autotune import TuneReport, check_mode, tune
-from gpt2xl.model import GPT, KernelPlan, ProjectionPlan, StorageLayout, init_random_
+from gpt2xl.model import GPT, Kernel, KernelPlan, ProjectionPlan, StorageLayout, init_random_
+from gpt2xl.validation import check_memory
 
 HUB_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -45,6 +51,8 @@ HUB_ALIASES: dict[str, str] = {
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
 RANDOM_PREFIX = "random:"
+KEYS_SHOWN = 3  # keys a mismatch message names of each kind; the rest are counted
+HUB_PROBE_TIMEOUT_S = 1.5  # an offline resolver can take 5 s or more per attempt to give up
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,8 +147,10 @@ def load_model(
     storage of the block projections (a layout study); kernels that cannot read it fall back to
     ``F.linear``.
 
-    Raises WeightsError (unknown spec, missing/corrupt files, key or shape mismatch, offline and
-    uncached), DeviceError (no CUDA, unsupported dtype) or ConfigError (bad option values).
+    Raises WeightsError (unknown spec, missing, unreadable or corrupt files, key or shape mismatch,
+    shards outside the checkpoint, offline and uncached), DeviceError (no CUDA, unsupported dtype)
+    or ConfigError (bad option values, a malformed config.json, weights larger than the free
+    memory), each with a one-line message; the memory check runs before anything is allocated.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -153,8 +163,17 @@ def load_model(
         report = tune(config, device=torch_device, dtype=torch_dtype, mode=mode)
         return report if layout is None else replace(report, plan=_with_layout(report.plan, layout))
 
+    def fits(config: GPTConfig) -> GPTConfig:
+        check_device_memory(
+            config.num_parameters() * torch_dtype.itemsize,
+            torch_device,
+            what=f"The weights of {spec} ({config.num_parameters():,} parameters in {dtype_name(torch_dtype)})",
+            hint="use a smaller model or a 2-byte --dtype, or free memory.",
+        )
+        return config
+
     if spec.startswith(RANDOM_PREFIX):
-        config = get_preset(spec.removeprefix(RANDOM_PREFIX))
+        config = fits(get_preset(spec.removeprefix(RANDOM_PREFIX)))
         tuning = plan_for(config)
         model = _empty_model(config, torch_device, torch_dtype, tuning.plan)
         init_random_(model, seed=seed)
@@ -162,13 +181,28 @@ def load_model(
     else:
         kind, where = _classify(spec)
         directory = _fetch_from_hub(where) if kind == "pretrained" else Path(where)
-        config = _read_config(directory)
+        config = fits(_read_config(directory))
+        files, tensors = _open_weight_files(directory, root=_checkpoint_root(directory))
         tuning = plan_for(config)
-        model, files = _load_hf_directory(directory, config, torch_device, torch_dtype, tuning.plan)
+        model = _empty_model(config, torch_device, torch_dtype, tuning.plan)
+        _copy_hf_tensors(model, tensors, device=torch_device, dtype=torch_dtype, where=str(directory))
         source = WeightsSource(kind=kind, spec=spec, files=tuple(str(f) for f in files))
     model.eval().requires_grad_(False)
     model.apply_kernel_plan(tuning.plan)  # storage already matches: this only routes the kernels
     return LoadedModel(model=model, source=source, device=torch_device, dtype=torch_dtype, tuning=tuning)
+
+
+def check_device_memory(needed_bytes: int, device: torch.device, *, what: str, hint: str) -> None:
+    """ConfigError when ``needed_bytes`` exceed what ``device`` has free: the host's available
+    memory for the CPU (``validation.check_memory``), the GPU's free memory for CUDA."""
+    if device.type != "cuda":
+        check_memory(needed_bytes, what=what, hint=hint)
+        return
+    free, _total = torch.cuda.mem_get_info(device)
+    if needed_bytes > free:
+        raise ConfigError(
+            f"{what} needs about {needed_bytes / 2**30:,.1f} GiB but {device} has {free / 2**30:,.1f} GiB free; {hint}"
+        )
 
 
 def resolve_config(spec: str) -> GPTConfig | None:
@@ -192,9 +226,10 @@ def resolve_config(spec: str) -> GPTConfig | None:
 def _classify(spec: str) -> tuple[Literal["checkpoint", "pretrained"], str]:
     """("checkpoint", resolved directory) or ("pretrained", hub repo id) for a non-random spec."""
     path = Path(spec).expanduser()
-    if path.is_dir():
+    found = _kind_of(path)
+    if found == "dir":
         return "checkpoint", str(path.resolve())
-    if path.exists():
+    if found == "file":
         raise WeightsError(f"{spec} is a file; pass the checkpoint directory that holds config.json.")
     if spec in HUB_ALIASES or _looks_like_hub_id(spec):
         return "pretrained", HUB_ALIASES.get(spec, spec)
@@ -207,7 +242,7 @@ def _classify(spec: str) -> tuple[Literal["checkpoint", "pretrained"], str]:
 
 def _with_layout(plan: KernelPlan, layout: StorageLayout) -> KernelPlan:
     """``plan`` with every block projection stored ``layout``; ``native`` needs ``out_in``."""
-    def fit(kernel: str) -> str:
+    def fit(kernel: Kernel) -> Kernel:
         return "linear" if kernel == "native" and layout != "out_in" else kernel
 
     return {
@@ -243,23 +278,35 @@ def _fetch_from_hub(repo_id: str) -> Path:
     """Config + weights of ``repo_id`` from the local HF cache, else downloaded; return the folder.
 
     The cache is tried first, with no network. The hub client retries an unreachable host for
-    about half a minute, so when the hub's host does not even resolve we fail at once instead.
+    about half a minute, so when the hub's host cannot be reached within ``HUB_PROBE_TIMEOUT_S``
+    we fail at once instead. The client's own warnings and log lines are kept off stderr: the one
+    line of the WeightsError says what happened.
     """
     from huggingface_hub import constants
+    from huggingface_hub.utils import logging as hub_logging
 
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity(logging.ERROR)
+    try:
+        return _fetch_quietly(repo_id, offline=constants.HF_HUB_OFFLINE, endpoint=constants.ENDPOINT)
+    finally:
+        hub_logging.set_verbosity(verbosity)
+
+
+def _fetch_quietly(repo_id: str, *, offline: bool, endpoint: str) -> Path:
     try:
         return _hub_files(repo_id, local_files_only=True)
     except Exception as cache_miss:  # noqa: BLE001 - not cached: go online below, or report both
         reason = f"not in the local Hugging Face cache ({type(cache_miss).__name__})"
-    if constants.HF_HUB_OFFLINE:
+    if offline:
         reason += " and HF_HUB_OFFLINE is set"
-    elif not _host_resolves(constants.ENDPOINT):
-        reason += f" and {constants.ENDPOINT} is unreachable (offline)"
+    elif not _host_reachable(endpoint):
+        reason += f" and {endpoint} is unreachable (offline)"
     else:
         try:
             return _hub_files(repo_id, local_files_only=False)
         except Exception as exc:  # noqa: BLE001 - unknown repo, auth, network: one message for the user
-            reason += f" and the download failed ({type(exc).__name__}: {exc})"
+            reason += f" and the download failed ({type(exc).__name__}: {_first_line(exc)})"
     raise WeightsError(
         f"Cannot load {repo_id!r}: {reason}. Download it where the network allows "
         f"(`hf download {repo_id}`) and copy the HF cache here, pass a local checkpoint directory "
@@ -281,64 +328,170 @@ def _hub_files(repo_id: str, *, local_files_only: bool) -> Path:
     raise errors[0]
 
 
-def _host_resolves(url: str) -> bool:
+def _host_reachable(url: str, *, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether ``url``'s host resolves and accepts a TCP connection within ``timeout_s``. The
+    probe runs in a daemon thread: getaddrinfo has no timeout of its own, and an unanswered
+    resolver (or a firewall that drops packets) makes the hub client wait and retry for ~30 s."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
-    host = urlparse(url).hostname
+    parsed = urlparse(url)
+    host = parsed.hostname
     if host is None:
         return False
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    reached = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                reached.set()
+        except OSError:
+            return  # unresolvable or unreachable: the event stays unset
+
+    threading.Thread(target=probe, name="gpt2xl-hub-probe", daemon=True).start()
+    return reached.wait(timeout_s)
+
+
+def _checkpoint_root(directory: Path) -> Path:
+    """The folder a checkpoint's shards must stay in: the directory itself, or for a snapshot in
+    the Hugging Face cache (``models--owner--name/snapshots/<commit>``, whose files are symlinks
+    into ``models--owner--name/blobs``) the repository's cache folder."""
+    repo = directory.parent.parent
+    if directory.parent.name == "snapshots" and repo.name.startswith("models--") and (repo / "blobs").is_dir():
+        return repo
+    return directory
+
+
+def _read_error(path: Path, exc: OSError) -> WeightsError:
+    """One sentence for a checkpoint file or folder that cannot be read, saying why."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return WeightsError(
+            f"Cannot read {path}: permission denied; make it readable for this user (chmod / chown) "
+            "or copy the checkpoint to a folder you can read."
+        )
+    if exc.errno == errno.EISDIR:
+        return WeightsError(f"Cannot read {path}: it is a directory, not a file; fix the checkpoint's layout.")
+    reason = exc.strerror or type(exc).__name__
+    return WeightsError(f"Cannot read {path}: {reason[0].lower()}{reason[1:]}; check the checkpoint's files.")
+
+
+def _kind_of(path: Path) -> Literal["file", "dir"] | None:
+    """``"file"``, ``"dir"`` or None (nothing there). A path that exists but cannot be looked at
+    (a folder on the way without permission) is a WeightsError saying so, not "no such file"."""
     try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    return True
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise _read_error(path, exc) from exc
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def _check_readable(path: Path) -> None:
+    """WeightsError unless ``path`` is a file this process may open for reading."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _read_error(path, exc) from exc
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of a library's exception text, shortened, so messages stay one line."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _read_config(directory: Path) -> GPTConfig:
     config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise WeightsError(f"{directory} has no config.json; is it a Hugging Face GPT-2 checkpoint directory?")
     try:
-        hf_config = json.loads(config_file.read_text())
+        text = config_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WeightsError(
+            f"{directory} has no config.json; is it a Hugging Face GPT-2 checkpoint directory?"
+        ) from None
+    except OSError as exc:
+        raise _read_error(config_file, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{config_file} is not UTF-8 text ({exc.reason}); pass a GPT-2 config.json.") from exc
+    try:
+        hf_config = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise WeightsError(f"{config_file} is not valid JSON ({exc}).") from exc
-    return GPTConfig.from_hf_config(hf_config)
+        raise ConfigError(f"{config_file} is not valid JSON ({exc}); fix or replace the file.") from exc
+    return GPTConfig.from_hf_config(hf_config, source=str(config_file))
 
 
-def _load_hf_directory(
-    directory: Path, config: GPTConfig, device: torch.device, dtype: torch.dtype, plan: KernelPlan
-) -> tuple[GPT, list[Path]]:
-    files, tensors = _open_weight_files(directory)
-    model = _empty_model(config, device, dtype, plan)
-    _copy_hf_tensors(model, tensors, device=device, dtype=dtype, where=str(directory))
-    return model, files
+def _open_weight_files(directory: Path, *, root: Path) -> tuple[list[Path], Iterator[tuple[str, torch.Tensor]]]:
+    """The weight files of a checkpoint and an iterator of (key, tensor), one tensor at a time.
 
-
-def _open_weight_files(directory: Path) -> tuple[list[Path], Iterator[tuple[str, torch.Tensor]]]:
-    """The weight files of a checkpoint and an iterator of (key, tensor), one tensor at a time."""
+    Every file is checked readable here, before the model is allocated. The shards of a sharded
+    checkpoint must resolve (symlinks followed) inside ``root``: an index that names ``/etc/…``,
+    ``../x`` or a symlink out of the folder is refused, so a downloaded index cannot make us read
+    files elsewhere.
+    """
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
-    pickle = directory / "pytorch_model.bin"
-    if single.is_file():
+    pickled = directory / "pytorch_model.bin"
+    found = {path: _kind_of(path) for path in (single, index, pickled)}
+    for path, kind in found.items():
+        if kind == "dir":
+            raise WeightsError(f"{path} is a directory, not a weights file; fix the checkpoint's layout.")
+    if found[single]:
         files = [single]
-    elif index.is_file():
-        try:
-            shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise WeightsError(f"{index} is not a valid safetensors index ({exc}).") from exc
-        files = [directory / name for name in shard_names]
-        missing = [str(f) for f in files if not f.is_file()]
+    elif found[index]:
+        files = [_check_inside(name, index=index, root=root) for name in _shard_names(index)]
+        missing = [str(f) for f in files if _kind_of(f) is None]
         if missing:
-            raise WeightsError(f"{index} names shard files that are missing: {', '.join(missing)}.")
-    elif pickle.is_file():
-        return [pickle], _iter_pickle(pickle)
+            raise WeightsError(f"{index} names shard files that are missing: {_some(missing)}; download them.")
+    elif found[pickled]:
+        _check_readable(pickled)
+        return [pickled], _iter_pickle(pickled)
     else:
         raise WeightsError(
             f"{directory} has config.json but no weights: expected model.safetensors, "
             "model.safetensors.index.json or pytorch_model.bin."
         )
+    for path in files:
+        _check_readable(path)
     return files, _iter_safetensors(files)
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The distinct shard file names that a safetensors index maps its tensors to."""
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _read_error(index, exc) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{index} is not valid JSON ({_first_line(exc)}); download the checkpoint again.") from exc
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise WeightsError(
+            f'{index} needs a non-empty "weight_map" object of tensor name -> shard file; '
+            "download the checkpoint again."
+        )
+    for name in weight_map.values():
+        if not isinstance(name, str) or not name:
+            raise WeightsError(
+                f"{index} maps a tensor to {name!r}, not a shard file name; download the checkpoint again."
+            )
+    return sorted(set(weight_map.values()))
+
+
+def _check_inside(name: str, *, index: Path, root: Path) -> Path:
+    """The path of the shard ``name`` (as ``index`` writes it); WeightsError when the name is
+    absolute, climbs out with ``..``, or resolves (through symlinks) outside ``root``."""
+    relative = Path(name)
+    path = index.parent / relative
+    if relative.is_absolute() or ".." in relative.parts or not path.resolve().is_relative_to(root.resolve()):
+        raise WeightsError(
+            f"{index} names the shard {name!r}, which lies outside the checkpoint directory {index.parent} "
+            "(symlinks followed); refused: shard files must sit inside the checkpoint directory."
+        )
+    return path
 
 
 def _iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -347,20 +500,42 @@ def _iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
                     yield key, f.get_tensor(key)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file ({exc}).") from exc
+        except OSError as exc:
+            raise _read_error(path, exc) from exc
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise WeightsError(
+                f"{path} is not a readable safetensors file ({_first_line(exc)}); download it again."
+            ) from exc
 
 
 def _iter_pickle(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a ``pytorch_model.bin``, unpickled with ``weights_only=True`` only."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip errors, truncation: all "corrupt"
-        raise WeightsError(f"{path} cannot be read as a weights-only PyTorch checkpoint ({exc}).") from exc
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        if refused:
+            raise WeightsError(
+                f"{path} holds non-tensor Python objects ({refused.group(1)}) and is refused for safety: only "
+                "tensors are unpickled; convert the checkpoint to model.safetensors where it came from."
+            ) from exc
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated); download it again."
+        ) from exc
+    except OSError as exc:
+        raise _read_error(path, exc) from exc
+    except Exception as exc:  # zip and storage errors of a damaged file (RuntimeError, EOFError…): "corrupt"
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)}); download it again."
+        ) from exc
     if not isinstance(state, dict):
-        raise WeightsError(f"{path} does not hold a state dict.")
-    yield from state.items()
+        raise WeightsError(f"{path} does not hold a state dict of tensors; pass a GPT-2 checkpoint.")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{path} holds {key!r}, which is not a named tensor; pass a GPT-2 checkpoint.")
+        yield key, value
 
 
 def _copy_hf_tensors(
@@ -395,6 +570,7 @@ def _copy_hf_tensors(
         param = params[key]
         conv1d = key.endswith(CONV1D_SUFFIXES)
         want = tuple(reversed(param.shape)) if conv1d else tuple(param.shape)
+        seen.add(key)  # present, whatever its shape: a wrong shape is not also "missing"
         if tuple(tensor.shape) != want:
             bad_shapes.append(f"{raw_key}: checkpoint {tuple(tensor.shape)}, expected {want}")
             continue
@@ -403,17 +579,30 @@ def _copy_hf_tensors(
             # Conv1D tensors are [in, out]: their transpose is the [out, in] parameter, whatever
             # storage layout the plan gave it.
             param.copy_(value.t() if conv1d else value)
-        seen.add(key)
     missing = sorted(expected - seen)
     problems = []
     if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
+        problems.append(f"{_count(missing, 'missing key')} ({_some(missing)})")
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(sorted(unexpected))}")
+        problems.append(f"{_count(unexpected, 'unexpected key')} ({_some(sorted(unexpected))})")
     if bad_shapes:
-        problems.append(f"shape mismatches: {'; '.join(bad_shapes)}")
+        problems.append(f"{_count(bad_shapes, 'key')} of another shape (the first, {bad_shapes[0]})")
     if problems:
-        raise WeightsError(f"{where} does not match the GPT-2 shape in its config.json: {' | '.join(problems)}.")
-    if lm_head is not None and not torch.equal(lm_head.to(device=device, dtype=dtype), params["transformer.wte.weight"]):
+        raise WeightsError(
+            f"{where} does not match the GPT-2 shape in its config.json: {'; '.join(problems)}; "
+            "check that config.json belongs to these weights."
+        )
+    wte = params["transformer.wte.weight"]
+    if lm_head is not None and not torch.equal(lm_head.to(device=device, dtype=dtype), wte):
         raise WeightsError(f"{where} has an lm_head.weight that differs from wte.weight; GPT-2 ties them.")
     model.tie_weights()
+
+
+def _count(items: list[str], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _some(keys: list[str]) -> str:
+    """The first ``KEYS_SHOWN`` of ``keys``, and how many more there are."""
+    more = len(keys) - KEYS_SHOWN
+    return ", ".join(keys[:KEYS_SHOWN]) + (f" and {more} more" if more > 0 else "")

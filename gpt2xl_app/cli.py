@@ -1,18 +1,27 @@
 """The ``gpt2xl`` command line: a thin layer over the library.
 
 Every command turns options into library calls and prints what they return. User errors
-(:class:`gpt2xl.errors.GPT2XLError`) become one line on stderr and exit status 2, never a traceback.
+(:class:`gpt2xl.errors.GPT2XLError`) and usage errors (an unknown option, ``--temperature abc``)
+become one line on stderr and exit status 2, never a traceback; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
 from gpt2xl.errors import GPT2XLError
+
+try:  # typer >= 0.20 runs its own copy of click; its usage errors are that copy's classes
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer runs click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+NO_ARGS_IS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())  # click < 8.2 exits with the help itself
 
 app = typer.Typer(
     name="gpt2xl",
@@ -46,20 +55,34 @@ DtypeOpt = Annotated[str, typer.Option(help="fp32, fp16 or bf16 (the device must
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text to continue. An empty string starts from <|endoftext|>.")],
+    *,
     model: ModelOpt = "gpt2-xl",
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample (stops early at <|endoftext|>).")] = 50,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 means greedy decoding.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Keep the k most likely tokens; 0 or unset keeps all.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling generator (and of random weights).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help=(
+        "Tokens to generate per sample, 0 to 1,000,000 (stops early at <|endoftext|>)."))] = 50,
+    temperature: Annotated[float, typer.Option(help=(
+        "Softmax temperature >= 0; 0 means greedy decoding. Any value > 0 is sampled safely: tiny ones "
+        "(down to 5e-324) approach greedy, huge ones (up to 1e308) approach uniform over the candidates."))] = 1.0,
+    top_k: Annotated[int | None, typer.Option(help=(
+        "Keep the k most likely tokens; 0, unset or more than the vocabulary keeps all."))] = None,
+    seed: Annotated[int, typer.Option(help=(
+        "Seed of the sampling generator (and of random weights), 0 to 2**63-1."))] = 0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
-    num_samples: Annotated[int, typer.Option(help="Independent continuations, generated as one batch.")] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print tokens, text, timings and tokens/sec as JSON.")] = False,
+    num_samples: Annotated[int, typer.Option(help=(
+        "Independent continuations, generated as one batch; refused up front when the estimate of "
+        "their memory exceeds what is free."))] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "Print tokens, text, timings and tokens/sec as JSON (prompt_cropped: tokens kept and dropped "
+        "when the prompt is longer than the context, else null)."))] = False,
     autotune: Annotated[str, typer.Option(help=(
         "CPU kernel choices: cached (default: measured once per CPU, torch, threads and dtype, ~6 s for "
         "gpt2-xl, then reused), fresh (measure again), off (PyTorch's own kernels)."))] = "cached",
 ) -> None:
     """Continue PROMPT with the KV-cached temperature / top-k sampler.
+
+    Every option is checked before the model loads; a bad one prints one `error:` line and exits 2.
+    A prompt longer than the model's context keeps only its last tokens, with a warning on stderr.
+    NaN or inf logits stop generation with an error naming the layer that first produced them.
 
     Example: gpt2xl generate "ROMEO:" --model ../shared/models/gpt2-tiny-shakespeare --temperature 0.8 --top-k 40
     """
@@ -77,11 +100,20 @@ def generate(
         num_samples=num_samples,
         autotune=autotune,
     )
+    cropped = result["prompt_cropped"]
+    if cropped is not None:
+        typer.echo(
+            f"warning: the prompt has {cropped['kept_tokens'] + cropped['dropped_tokens']} tokens but the "
+            f"model's context holds {cropped['kept_tokens']}; its first {cropped['dropped_tokens']} tokens "
+            "were dropped.",
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     if result["model"]["weights"]["kind"] == "random":
-        typer.echo(f"[{result['model']['weights']['label']}: the text is noise; use this for throughput only]", err=True)
+        label = result["model"]["weights"]["label"]
+        typer.echo(f"[{label}: the text is noise; use this for throughput only]", err=True)
     for i, sample in enumerate(result["samples"]):
         if num_samples > 1:
             typer.echo(f"--- sample {i + 1} ---")
@@ -115,12 +147,40 @@ _register_subcommands()
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning user errors into one line and exit 2."""
+    """Console-script entry point: run the app, turning user errors into one line and exit 2.
+
+    Click runs outside its standalone mode so that its usage errors (exit 2) come here too and
+    are printed as one line, like ours, instead of a framed usage box.
+    """
     try:
-        app()  # standalone: click reports usage errors itself (exit 2) and exits
+        code = app(standalone_mode=False)
     except GPT2XLError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc), code=2)
+    except click_errors.UsageError as exc:
+        if isinstance(exc, NO_ARGS_IS_HELP):  # a bare command group: its help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx is not None else "gpt2xl"
+        _fail(f"{_sentence(exc.format_message())} See `{command} --help`.", code=exc.exit_code)
+    except click_errors.ClickException as exc:
+        _fail(exc.format_message(), code=exc.exit_code)
+    except typer.Abort:
+        _fail("aborted.", code=1)
+    # Outside standalone mode click returns the exit code of typer.Exit / ctx.exit, or the
+    # command's return value (None for all of ours).
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending with a full stop (click's messages sometimes lack one)."""
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else f"{text}."
+
+
+def _fail(message: str, *, code: int) -> NoReturn:
+    """Print ``message`` as one ``error:`` line on stderr and exit with ``code``."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

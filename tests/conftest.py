@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property-based tests: a fixed, repeatable set of examples in CI; `--hypothesis-profile deep`
+# draws many fresh ones.
+settings.register_profile("ci", max_examples=40, derandomize=True)
+settings.register_profile("deep", max_examples=400)
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

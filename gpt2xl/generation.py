@@ -15,8 +15,8 @@ from gpt2xl.environment import environment_info
 from gpt2xl.results import SCHEMA_VERSION
 from gpt2xl.sampling import SamplingConfig, generate, make_generator
 from gpt2xl.tokenizer import decode, encode
-from gpt2xl.validation import check_int, check_seed, estimate_run_bytes
-from gpt2xl.weights import check_device_memory, load_model, resolve_config
+from gpt2xl.validation import check_int, check_memory, check_seed, estimate_run_bytes
+from gpt2xl.weights import load_model, resolve_config
 
 # Bytes each generated token costs besides the model's own memory: its int64 in the output
 # tensor, then a Python int and a list slot when the tokens are turned into lists and text.
@@ -49,9 +49,9 @@ class GenerationPlan:
         needed = estimate_run_bytes(
             config, batch_size=self.num_samples, seq_len=seq_len, dtype_bytes=self.dtype.itemsize
         ) + self.num_samples * self.sampling.max_new_tokens * TOKEN_BYTES
-        check_device_memory(
+        check_memory(
             needed,
-            self.device,
+            device=str(self.device),
             what=f"Generating {self.num_samples:,} samples of {self.sampling.max_new_tokens:,} tokens with {spec}",
             hint="lower --num-samples or --max-new-tokens.",
         )

@@ -51,9 +51,9 @@ def check_float(
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
         minimum is not None and value < minimum
     ) or (maximum is not None and value > maximum):
-        bounds = " and ".join(
-            b for b in (f">= {minimum:g}" if minimum is not None else "", f"<= {maximum:g}" if maximum is not None else "") if b
-        )
+        limits = [f">= {minimum:g}"] if minimum is not None else []
+        limits += [f"<= {maximum:g}"] if maximum is not None else []
+        bounds = " and ".join(limits)
         raise ConfigError(f"{name} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}.{hint}")
     return float(value)
 
@@ -133,21 +133,28 @@ def check_output_file(path: str | Path, *, name: str) -> Path:
     return path
 
 
-def available_memory_bytes() -> int:
-    """Memory this process can still take without swapping (psutil's ``available``)."""
+def available_memory_bytes(device: str = "cpu") -> int:
+    """Memory a run on ``device`` can still take: the host's available memory (psutil's
+    ``available``, so without swapping) for the CPU, the GPU's free memory for ``cuda[:N]``."""
+    if device.startswith("cuda"):
+        import torch  # only here: this module stays importable without torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
     import psutil
 
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(needed_bytes: int, *, what: str, hint: str) -> None:
-    """ConfigError when ``needed_bytes`` (an estimate of the run's peak) exceed the available
-    memory, instead of growing until the kernel kills the process."""
-    available = available_memory_bytes()
+def check_memory(needed_bytes: int, *, what: str, hint: str, device: str = "cpu") -> None:
+    """ConfigError when ``needed_bytes`` (an estimate of the run's peak) exceed what ``device``
+    has free, instead of growing until the kernel kills the process (or CUDA runs out)."""
+    available = available_memory_bytes(device)
     if needed_bytes > available:
+        where = "" if device == "cpu" else f" on {device}"
         raise ConfigError(
             f"{what} needs about {needed_bytes / 2**30:,.1f} GiB but {available / 2**30:,.1f} GiB are "
-            f"available; {hint}"
+            f"available{where}; {hint}"
         )
 
 

@@ -164,9 +164,9 @@ def load_model(
         return report if layout is None else replace(report, plan=_with_layout(report.plan, layout))
 
     def fits(config: GPTConfig) -> GPTConfig:
-        check_device_memory(
+        check_memory(
             config.num_parameters() * torch_dtype.itemsize,
-            torch_device,
+            device=str(torch_device),
             what=f"The weights of {spec} ({config.num_parameters():,} parameters in {dtype_name(torch_dtype)})",
             hint="use a smaller model or a 2-byte --dtype, or free memory.",
         )
@@ -190,19 +190,6 @@ def load_model(
     model.eval().requires_grad_(False)
     model.apply_kernel_plan(tuning.plan)  # storage already matches: this only routes the kernels
     return LoadedModel(model=model, source=source, device=torch_device, dtype=torch_dtype, tuning=tuning)
-
-
-def check_device_memory(needed_bytes: int, device: torch.device, *, what: str, hint: str) -> None:
-    """ConfigError when ``needed_bytes`` exceed what ``device`` has free: the host's available
-    memory for the CPU (``validation.check_memory``), the GPU's free memory for CUDA."""
-    if device.type != "cuda":
-        check_memory(needed_bytes, what=what, hint=hint)
-        return
-    free, _total = torch.cuda.mem_get_info(device)
-    if needed_bytes > free:
-        raise ConfigError(
-            f"{what} needs about {needed_bytes / 2**30:,.1f} GiB but {device} has {free / 2**30:,.1f} GiB free; {hint}"
-        )
 
 
 def resolve_config(spec: str) -> GPTConfig | None:

@@ -261,12 +261,11 @@ class CommonOptions:
         kv_cache: bool = False,
     ) -> None:
         """ConfigError, saying the largest batch that fits, when ``min(batch_size, count)``
-        sequences of ``seq_len`` tokens at once would not fit in memory. Host memory only: on a
-        GPU the model lives in device memory, which this estimate does not describe."""
+        sequences of ``seq_len`` tokens at once would not fit in the device's free memory (the
+        host's for the CPU, the GPU's for CUDA)."""
         from gpt2xl.devices import resolve_device
 
-        if resolve_device(self.device).type != "cpu":
-            return
+        device = str(resolve_device(self.device))
         batch = min(batch_size, count)
 
         def need(b: int) -> int:
@@ -274,10 +273,11 @@ class CommonOptions:
                                                  dtype_bytes=shape.dtype_bytes, kv_cache=kv_cache)
 
         per_sequence = need(1) - need(0)  # the estimate is linear in the batch
-        fit = (validation.available_memory_bytes() - need(0)) // per_sequence
+        fit = (validation.available_memory_bytes(device) - need(0)) // per_sequence
         hint = f"use {option} {fit:,} or less." if fit >= 1 else "use a smaller model or a machine with more memory."
         validation.check_memory(
-            need(batch), what=f"{option} {batch_size:,} ({batch:,} {what} of {seq_len:,} tokens at once)", hint=hint
+            need(batch), what=f"{option} {batch_size:,} ({batch:,} {what} of {seq_len:,} tokens at once)", hint=hint,
+            device=device,
         )
 
 

@@ -378,7 +378,7 @@ def test_a_perplexity_batch_too_large_for_memory_is_refused_before_loading(tmp_p
 def test_a_grid_batch_too_large_for_memory_is_refused_before_loading(monkeypatch, capsys, tmp_path) -> None:
     from gpt2xl import validation
 
-    monkeypatch.setattr(validation, "available_memory_bytes", lambda: 64 * 2**20)  # 64 MiB
+    monkeypatch.setattr(validation, "available_memory_bytes", lambda device="cpu": 64 * 2**20)  # 64 MiB
     line = _main(monkeypatch, capsys, "eval", "grid", "--run-dir", str(tmp_path), "-m", MODEL, *SMALL_GRID,
                  "--num-prompts", "32", "--batch-size", "32")
     # the tiny model's 29 MiB of weights, then about 5 MiB per prompt of 12 tokens (fp32 logits)

@@ -14,6 +14,7 @@ References:
 - Repetition: Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration" (ICLR,
   arXiv:1904.09751); the rule is ported from the authors' script, github.com/ari-holtzman/degen,
   metrics/repetition.py (see :func:`is_repetitive`).
+- Zipf coefficient: the same paper and repository, metrics/zipf.py (see :func:`zipf_coefficient`).
 """
 
 from __future__ import annotations
@@ -328,3 +329,89 @@ def mean_length(samples: Iterable[Iterable[int]]) -> float:
     if not sequences:
         return 0.0
     return sum(len(tokens) for tokens in sequences) / len(sequences)
+
+
+# --------------------------------------------------------------------------------------------
+# Zipf coefficient
+# --------------------------------------------------------------------------------------------
+
+
+# The released script of Holtzman et al. (github.com/ari-holtzman/degen, metrics/zipf.py at commit
+# 3bbf8472c4fef3645427c26979b426ffbb65e339): ``cnt.update(obj['tokens'])`` counts every token id of
+# every generation in one Counter; ``xs = np.arange(1, min(len(cnt), args.N) + 1)`` with ``--N``
+# defaulting to 5000; ``ys`` = the counts sorted in decreasing order, first N;
+# ``a, b, r, p, std = stats.linregress(np.log(xs), np.log(ys))``; it prints ``-a`` (the Zipf
+# coefficient) and ``-r``.
+ZIPF_MAX_RANKS = 5000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZipfFit:
+    """The least-squares line through (log rank, log count) of the most frequent tokens.
+
+    ``coefficient``: minus the slope, the Zipf exponent s of ``count ~ rank ** -s`` (natural text
+    is near 1; a flatter, more diverse distribution is lower). ``fit_r``: minus the Pearson
+    correlation of log rank and log count, as the script prints it: 1.0 on an exact power law;
+    None when every fitted count is equal (the correlation is 0/0; scipy gives nan there).
+    ``num_ranks``: the ranks fitted (distinct tokens, at most ``max_ranks``); ``num_tokens``: all
+    tokens counted.
+    """
+
+    coefficient: float
+    fit_r: float | None
+    num_ranks: int
+    num_tokens: int
+
+    def __post_init__(self) -> None:
+        check_int("ZipfFit.num_ranks", self.num_ranks, minimum=2)
+        check_int("ZipfFit.num_tokens", self.num_tokens, minimum=self.num_ranks)
+        if not math.isfinite(self.coefficient):
+            raise ConfigError(f"ZipfFit.coefficient must be finite, got {self.coefficient!r}.")
+        if self.fit_r is not None and not -1.0 <= self.fit_r <= 1.0:
+            raise ConfigError(f"ZipfFit.fit_r must lie in [-1, 1] or be None, got {self.fit_r!r}.")
+
+
+def zipf_coefficient(samples: Iterable[Iterable[int]], *, max_ranks: int = ZIPF_MAX_RANKS) -> ZipfFit:
+    """Zipf coefficient of the pooled token ids of ``samples`` (Holtzman et al. 2020, Table 1),
+    computed as the authors' script does (github.com/ari-holtzman/degen, metrics/zipf.py, commit
+    3bbf847):
+
+    1. count every token id of every sample together (one frequency table for the whole set; no
+       token is dropped, so pass the continuations without the prompt, as for the other metrics);
+    2. sort the counts in decreasing order and keep the first ``max_ranks`` (5000), ranks 1..N;
+    3. fit ``log(count) = intercept + slope * log(rank)`` by ordinary least squares (scipy's
+       ``linregress``) and report ``-slope``, and ``-r`` as ``fit_r``.
+
+    Tokens with equal counts are interchangeable here: only the sorted counts enter the fit. The
+    script's p-value is not reported (``fit_r`` carries the quality of the fit). Sums are taken
+    with ``math.fsum``, so the result matches ``linregress`` to rounding. When every fitted count
+    is equal the slope is 0 and ``fit_r`` is None.
+
+    Raises ConfigError when the samples hold fewer than two distinct tokens (no line through one
+    point: generate more or longer samples) or ``max_ranks < 2``; TypeError for samples that are
+    not integer sequences.
+    """
+    check_int("max_ranks", max_ranks, minimum=2)
+    counts: Counter[int] = Counter()
+    for tokens in _samples(samples):
+        counts.update(tokens)
+    if len(counts) < 2:
+        raise ConfigError(
+            f"The Zipf coefficient needs at least two distinct tokens in the samples, got {len(counts)}; "
+            "generate more or longer samples."
+        )
+    top = sorted(counts.values(), reverse=True)[:max_ranks]
+    size = len(top)
+    if top[0] == top[-1]:
+        # Every log count is the same number: slope 0 exactly, and r is 0/0. Tested on the
+        # counts, not on a computed spread, which could come out a rounding error above 0.
+        return ZipfFit(coefficient=0.0, fit_r=None, num_ranks=size, num_tokens=counts.total())
+    xs = [math.log(rank) for rank in range(1, size + 1)]
+    ys = [math.log(count) for count in top]
+    x_mean = math.fsum(xs) / size
+    y_mean = math.fsum(ys) / size
+    sxx = math.fsum((x - x_mean) ** 2 for x in xs)
+    sxy = math.fsum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys, strict=True))
+    syy = math.fsum((y - y_mean) ** 2 for y in ys)
+    correlation = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))  # clipped to [-1, 1] as linregress does
+    return ZipfFit(coefficient=-sxy / sxx, fit_r=-correlation, num_ranks=size, num_tokens=counts.total())

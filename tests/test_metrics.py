@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import math
+import operator
 import random
+from collections import Counter
 
 import pytest
 
 from gpt2xl.errors import ConfigError
 from gpt2xl.metrics import (
+    ZIPF_MAX_RANKS,
     DistinctN,
+    ZipfFit,
     distinct_n,
     is_repetitive,
     mean_length,
     repetition_rate,
     self_bleu,
+    zipf_coefficient,
 )
 
 # ---------------------------------------------------------------------------------- distinct-n
@@ -300,6 +305,114 @@ def test_repetition_rate_by_hand() -> None:
     assert repetition_rate(samples, max_phrase_len=2) == 0.2  # "a b c" x 2 no longer seen
     assert repetition_rate([]) == 0.0
     assert repetition_rate([[]]) == 0.0
+
+
+# ---------------------------------------------------------------------------------- Zipf coefficient
+
+
+def _samples_with_counts(counts: list[int]) -> list[list[int]]:
+    """Token i + 100 repeated counts[i] times, spread over two samples in an interleaved order:
+    only the pooled counts may matter, not the order nor the split into samples."""
+    tokens = [100 + index for index, count in enumerate(counts) for _ in range(count)]
+    random.Random(0).shuffle(tokens)
+    return [tokens[::2], tokens[1::2]]
+
+
+@pytest.mark.parametrize(
+    ("counts", "exponent"),
+    [
+        ([60, 30, 20, 15, 12, 10], 1.0),  # 60 / rank
+        ([3600, 900, 400, 225, 144, 100], 2.0),  # 3600 / rank^2
+        ([1728, 216, 64, 27], 3.0),  # 12^3 / rank^3
+    ],
+)
+def test_zipf_exact_power_law_gives_its_exponent(counts: list[int], exponent: float) -> None:
+    fit = zipf_coefficient(_samples_with_counts(counts))
+    assert fit.coefficient == pytest.approx(exponent, rel=1e-12)
+    assert fit.fit_r == pytest.approx(1.0, rel=1e-12)
+    assert (fit.num_ranks, fit.num_tokens) == (len(counts), sum(counts))
+
+
+def test_zipf_three_ranks_by_hand() -> None:
+    # counts 4, 1, 1 -> x = log rank = (0, ln 2, ln 3), y = log count = (ln 4, 0, 0); n = 3
+    # mean x = ln 6 / 3, mean y = ln 4 / 3
+    # Sxy = sum(x y) - n mean_x mean_y = 0 - ln 6 ln 4 / 3
+    # Sxx = sum(x^2) - n mean_x^2 = ln^2 2 + ln^2 3 - ln^2 6 / 3
+    # Syy = sum(y^2) - n mean_y^2 = ln^2 4 - ln^2 4 / 3 = 2 ln^2 4 / 3
+    # coefficient = -Sxy / Sxx = 1.34134...; fit_r = -Sxy / sqrt(Sxx Syy) = 0.93103...
+    ln2, ln3, ln4, ln6 = (math.log(v) for v in (2, 3, 4, 6))
+    sxy = -ln6 * ln4 / 3
+    sxx = ln2**2 + ln3**2 - ln6**2 / 3
+    syy = 2 * ln4**2 / 3
+    fit = zipf_coefficient([[7, 7, 9], [7, 7, 8]])  # token 7 four times, 8 and 9 once
+    assert fit.coefficient == pytest.approx(-sxy / sxx, rel=1e-12)
+    assert fit.coefficient == pytest.approx(1.341344, abs=1e-6)
+    assert fit.fit_r == pytest.approx(-sxy / math.sqrt(sxx * syy), rel=1e-12)
+    assert (fit.num_ranks, fit.num_tokens) == (3, 6)
+
+
+def test_zipf_keeps_the_most_frequent_max_ranks() -> None:
+    # counts 60, 30, 20 follow 60 / rank; the two rare tokens (3, 1) break the law but are cut
+    samples = _samples_with_counts([60, 30, 20, 3, 1])
+    cut = zipf_coefficient(samples, max_ranks=3)
+    assert cut.coefficient == pytest.approx(1.0, rel=1e-12)
+    assert (cut.num_ranks, cut.num_tokens) == (3, 114)  # every token is still counted
+    full = zipf_coefficient(samples)
+    assert full.num_ranks == 5
+    assert full.coefficient > 1.5  # the tail falls much faster than 1 / rank
+
+
+def test_zipf_equal_counts_give_zero_and_no_correlation() -> None:
+    fit = zipf_coefficient([[1, 2, 3], [4, 5]])  # every token once: a flat distribution
+    assert fit == ZipfFit(coefficient=0.0, fit_r=None, num_ranks=5, num_tokens=5)
+    assert math.copysign(1.0, fit.coefficient) == 1.0  # +0.0, not -0.0
+
+
+def test_zipf_needs_two_distinct_tokens() -> None:
+    cases: list[list[list[int]]] = [[], [[]], [[5, 5, 5], [5]]]
+    for samples in cases:
+        with pytest.raises(ConfigError, match="at least two distinct tokens"):
+            zipf_coefficient(samples)
+
+
+@pytest.mark.parametrize("bad", [1, 0, -3, 2.5, True])
+def test_zipf_rejects_bad_max_ranks(bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_ranks"):
+        zipf_coefficient([[1, 2, 2]], max_ranks=bad)  # type: ignore[arg-type]
+
+
+def test_zipf_fit_is_validated() -> None:
+    with pytest.raises(ConfigError, match="num_tokens"):
+        ZipfFit(coefficient=1.0, fit_r=1.0, num_ranks=3, num_tokens=2)
+    with pytest.raises(ConfigError, match="fit_r"):
+        ZipfFit(coefficient=1.0, fit_r=1.5, num_ranks=3, num_tokens=3)
+    with pytest.raises(ConfigError, match="finite"):
+        ZipfFit(coefficient=math.nan, fit_r=None, num_ranks=3, num_tokens=3)
+
+
+def _degen_zipf(samples: list[list[int]], n: int) -> tuple[float, float]:
+    """github.com/ari-holtzman/degen metrics/zipf.py (commit 3bbf847), its main() on token lists."""
+    numpy = pytest.importorskip("numpy")
+    stats = pytest.importorskip("scipy.stats")
+    cnt: Counter[int] = Counter()
+    for gen in samples:
+        cnt.update(gen)
+    xs = numpy.arange(1, min(len(cnt), n) + 1)
+    ys = numpy.array(sorted(cnt.values(), key=operator.neg)[:n])
+    a, _b, r, _p, _std = stats.linregress(numpy.log(xs), numpy.log(ys))
+    return float(-a), float(-r)
+
+
+@pytest.mark.parametrize("max_ranks", [ZIPF_MAX_RANKS, 40])
+def test_zipf_matches_the_degen_script(max_ranks: int) -> None:
+    rng = random.Random(1234)
+    # Skewed random text: token ids drawn from a heavy-tailed distribution, ragged sample lengths.
+    samples = [[int(rng.paretovariate(1.2)) for _ in range(rng.randrange(0, 300))] for _ in range(40)]
+    coefficient, fit_r = _degen_zipf(samples, max_ranks)
+    fit = zipf_coefficient(samples, max_ranks=max_ranks)
+    assert fit.num_ranks == min(max_ranks, len({token for sample in samples for token in sample}))
+    assert fit.coefficient == pytest.approx(coefficient, rel=1e-9)
+    assert fit.fit_r == pytest.approx(fit_r, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------- length and types

@@ -65,6 +65,7 @@ def plan_generation(
     temperature: float,
     top_k: int | None,
     seed: int,
+    top_p: float | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
     num_samples: int = 1,
@@ -74,7 +75,7 @@ def plan_generation(
     model: ranges (``validation``), the seed a torch generator accepts, device and dtype, the
     model spec and its config.json (``weights.resolve_config``), the tokenized prompt, and the
     memory the run needs. Raises the first problem as a one-line GPT2XLError."""
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     check_int("num_samples", num_samples)
     check_seed("seed", seed)
     mode = check_mode(autotune)
@@ -105,6 +106,7 @@ def run_generation(
     temperature: float,
     top_k: int | None,
     seed: int,
+    top_p: float | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
     num_samples: int = 1,
@@ -114,7 +116,8 @@ def run_generation(
 
     Every option is checked first, by :func:`plan_generation`, so a bad value fails in
     milliseconds, before the model loads. The result holds the samples (tokens, text, whether
-    they stopped at end-of-text), ``prompt_cropped`` (None, or the tokens kept and dropped when
+    they stopped at end-of-text), ``sampling`` (the SamplingConfig's fields: temperature, top_k,
+    top_p, ...), ``prompt_cropped`` (None, or the tokens kept and dropped when
     the prompt is longer than the context: only its end is used), timings (prefill, decode
     tokens/s, end-to-end tokens/s), the model's provenance and kernel choices (``autotune``: off,
     cached or fresh, see ``gpt2xl.autotune``), seed and environment. Non-finite logits raise a
@@ -126,6 +129,7 @@ def run_generation(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
+        top_p=top_p,
         seed=seed,
         device=device,
         dtype=dtype,

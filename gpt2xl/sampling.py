@@ -1,4 +1,4 @@
-"""Temperature / top-k sampling: small pure functions, a reference loop and a KV-cached loop.
+"""Temperature / top-k / top-p sampling: small pure functions, a reference loop and a KV-cached loop.
 
 Semantics shared by both loops (and pinned by tests):
 
@@ -9,6 +9,9 @@ Semantics shared by both loops (and pinned by tests):
   tends to uniform over the top-k candidates.
 - ``top_k`` None or 0 keeps the whole vocabulary; otherwise exactly ``min(top_k, vocab)``
   candidates survive (ties at the k-th value are broken by ``torch.topk``'s order, not all kept).
+- ``top_p`` None or 1 keeps every candidate; otherwise (nucleus sampling, Holtzman et al. 2020)
+  only the smallest set of the most likely tokens whose probability reaches ``top_p``, after
+  temperature and top-k (see :func:`logits_to_probs` for the order and the rule for ties).
 - Sampling draws with ``torch.multinomial`` from a caller-owned ``torch.Generator``, one draw per
   sequence per step, finished sequences included, so the random stream does not depend on when
   sequences stop and both loops consume it identically.
@@ -46,6 +49,7 @@ class SamplingConfig:
     max_new_tokens: int
     temperature: float = 1.0  # 0 means greedy
     top_k: int | None = None  # None or 0 means the whole vocabulary
+    top_p: float | None = None  # None or 1 means every candidate (no nucleus cut)
     stop_at_eot: bool = True  # benchmarks turn this off so every run has the same length
     eot_id: int = EOT_TOKEN_ID
 
@@ -54,6 +58,7 @@ class SamplingConfig:
         check_float("temperature", self.temperature, minimum=0, hint=" 0 means greedy decoding.")
         if self.top_k is not None:
             check_int("top_k", self.top_k, minimum=0)
+        check_top_p(self.top_p)
 
     @property
     def greedy(self) -> bool:
@@ -66,39 +71,104 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return torch.Generator(device=device).manual_seed(check_seed("seed", seed))
 
 
+def check_top_p(top_p: object) -> float | None:
+    """``top_p`` when it is None or a finite number in (0, 1]; ConfigError otherwise (NaN included:
+    it would compare False against every bound and silently turn the cut off)."""
+    if top_p is None:
+        return None
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(
+            f"top_p must be a number > 0 and <= 1, got {top_p!r}; 0.9 keeps the most likely tokens "
+            "holding 90% of the probability, 1 (or leaving it unset) keeps them all."
+        )
+    return float(top_p)
+
+
 _FLOAT32 = torch.finfo(torch.float32)
 
 
-def logits_to_probs(logits: torch.Tensor, *, temperature: float, top_k: int | None) -> torch.Tensor:
+def logits_to_probs(
+    logits: torch.Tensor, *, temperature: float, top_k: int | None, top_p: float | None = None
+) -> torch.Tensor:
     """Next-token distribution (B, V), in fp32, from logits (B, V), for ``temperature`` > 0.
 
-    Computed as ``softmax(top_k((logits - max)) / temperature)``: each row's largest value is
-    exactly 0 and the rest are <= 0 (or -inf), so finite logits give a valid distribution at any
-    temperature, never NaN. The top-k candidates are chosen before the division, where a huge
-    temperature cannot yet have rounded distinct logits into ties. A temperature that float32
-    cannot hold as a normal number (it would round to a subnormal, to 0 or to inf) divides in
-    float64.
+    The cuts compose in the order Hugging Face ``generate`` applies its warpers (temperature,
+    then top-k, then top-p, see ``GenerationMixin._get_logits_processor``)::
+
+        softmax(top_p(top_k(logits - max) / temperature))
+
+    Top-k is taken before the division (dividing by T > 0 keeps the order, so the set is the
+    same), where a huge temperature cannot yet have rounded distinct logits into ties. Each row's
+    largest value is exactly 0 and the rest are <= 0 (or -inf), so finite logits give a valid
+    distribution at any temperature, never NaN. A temperature that float32 cannot hold as a
+    normal number (it would round to a subnormal, to 0 or to inf) divides in float64.
+
+    Top-p (``top_p`` < 1) keeps the smallest set of tokens whose probability under that tempered,
+    top-k distribution reaches ``top_p`` (>= p) and renormalises over it. Tokens are ranked by
+    probability and one is kept when the mass ranked strictly above it is below ``top_p``, so the
+    first is always kept. In exact arithmetic this is the set HF's ``TopPLogitsWarper`` keeps (it
+    removes, from the least likely up, the tokens whose cumulative probability is <= 1 - p);
+    summing from the most likely down keeps the rounding of a 50k-token sum out of the decision,
+    so a tiny ``top_p`` keeps exactly one token.
+
+    Ties: of the tokens tied with the last kept one, only as many are kept as the mass needs. The
+    ranking follows the logits before the temperature (the same order, kept even where a huge
+    temperature rounds distinct probabilities together), and equal logits rank by token id, the
+    higher id first: the order HF's ascending sort leaves ties in when it keeps them in place
+    (short rows on CPU); on long rows HF's unstable sort picks among ties arbitrarily, ours stays
+    fixed. So of tied most likely tokens a tiny ``top_p`` keeps the highest id (greedy decoding's
+    ``argmax`` takes the lowest).
+
+    ``top_p`` None or 1 skips the cut: no work, and the same tensor as without it.
     """
     if not temperature > 0:
         raise ConfigError(f"logits_to_probs needs a temperature > 0 (0 means greedy: argmax), got {temperature!r}.")
+    if top_p is not None:
+        check_top_p(top_p)
     x = logits.float()
     x = x - x.amax(dim=-1, keepdim=True)  # (B, V) <= 0; -inf where the difference overflows
-    if top_k:
-        k = min(top_k, x.shape[-1])
-        values, indices = torch.topk(x, k, dim=-1)  # (B, k)
-        x = torch.full_like(x, float("-inf")).scatter_(-1, indices, values)  # exactly k finite
+    candidates = None  # (B, k) ids top-k kept, when it removed any
+    if top_k and top_k < x.shape[-1]:
+        values, candidates = torch.topk(x, top_k, dim=-1)  # (B, k)
+        x = torch.full_like(x, float("-inf")).scatter_(-1, candidates, values)  # exactly k finite
+    shifted = x  # (B, V) before the division: top-p ranks by these, which no temperature rounds
     in_float32 = _FLOAT32.tiny <= temperature <= _FLOAT32.max
     x = x / temperature if in_float32 else (x.double() / temperature).float()
+    if top_p is not None and top_p < 1:
+        if candidates is None:
+            x = _nucleus(x, shifted, top_p)
+        else:  # only the k candidates can be kept: rank those, not the whole vocabulary
+            ids = candidates.sort(dim=-1).values  # (B, k) in id order, as _nucleus needs
+            x = x.scatter(-1, ids, _nucleus(x.gather(-1, ids), shifted.gather(-1, ids), top_p))
     return torch.softmax(x, dim=-1)
 
 
+def _nucleus(x: torch.Tensor, rank_by: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``x`` (B, N), tempered logits of N candidates in increasing token id, with every candidate
+    outside the top-``top_p`` nucleus at -inf. ``rank_by`` (B, N) orders the candidates as ``x``
+    does, but before the temperature, so distinct logits never tie (-inf ranks last, mass 0)."""
+    order = torch.sort(rank_by, dim=-1, stable=True).indices  # (B, N) ascending; equal values in id order
+    ranked = torch.softmax(x.gather(-1, order), dim=-1).flip(-1)  # (B, N) most likely first; ties: higher id first
+    mass = ranked.cumsum(dim=-1)  # (B, N) mass of the tokens ranked up to each one
+    above = torch.nn.functional.pad(mass[..., :-1], (1, 0))  # (B, N) mass ranked strictly above: 0 first
+    drop = above >= top_p  # (B, N) compared in float32, where a p below 1e-45 rounds to 0 ...
+    drop[..., 0] = False  # ... so the most likely token is kept explicitly, as HF's min_tokens_to_keep does
+    drop = drop.flip(-1)  # (B, N) in ascending order again
+    return x.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), float("-inf"))
+
+
 def sample_next(
-    logits: torch.Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """One token id per row (B,) from last-position logits (B, V)."""
     if temperature == 0:
-        return torch.argmax(logits, dim=-1)  # top-k cannot change the argmax
-    probs = logits_to_probs(logits, temperature=temperature, top_k=top_k)  # (B, V)
+        return torch.argmax(logits, dim=-1)  # neither top-k nor top-p can remove the argmax
+    probs = logits_to_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
@@ -216,7 +286,9 @@ def generate_reference(
         logits = model(idx[:, -block_size:])[:, -1, :]  # (B, V)
         if not bool(torch.isfinite(logits).all()):
             raise nonfinite_error(model, idx, torch.zeros(B, dtype=torch.long, device=device), step=step)
-        next_id = sample_next(logits, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)  # (B,)
+        next_id = sample_next(
+            logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator
+        )  # (B,)
         if cfg.stop_at_eot:
             next_id = torch.where(finished, cfg.eot_id, next_id)
             finished |= next_id == cfg.eot_id
@@ -337,7 +409,9 @@ def generate(
     while True:
         if not bool(torch.isfinite(logits).all()):
             raise nonfinite_error(model, torch.cat([seq, new[:, :step]], dim=1), pad, step=step)
-        next_id = sample_next(logits, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)  # (B,)
+        next_id = sample_next(
+            logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator
+        )  # (B,)
         if cfg.stop_at_eot:
             next_id = torch.where(finished, cfg.eot_id, next_id)
             finished |= next_id == cfg.eot_id

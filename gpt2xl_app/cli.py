@@ -64,6 +64,9 @@ def generate(
         "(down to 5e-324) approach greedy, huge ones (up to 1e308) approach uniform over the candidates."))] = 1.0,
     top_k: Annotated[int | None, typer.Option(help=(
         "Keep the k most likely tokens; 0, unset or more than the vocabulary keeps all."))] = None,
+    top_p: Annotated[float | None, typer.Option(help=(
+        "Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches p, "
+        "0 < p <= 1, applied after temperature and top-k as Hugging Face does; 1 or unset keeps all."))] = None,
     seed: Annotated[int, typer.Option(help=(
         "Seed of the sampling generator (and of random weights), 0 to 2**63-1."))] = 0,
     device: DeviceOpt = "cpu",
@@ -78,13 +81,13 @@ def generate(
         "CPU kernel choices: cached (default: measured once per CPU, torch, threads and dtype, ~6 s for "
         "gpt2-xl, then reused), fresh (measure again), off (PyTorch's own kernels)."))] = "cached",
 ) -> None:
-    """Continue PROMPT with the KV-cached temperature / top-k sampler.
+    """Continue PROMPT with the KV-cached temperature / top-k / top-p sampler.
 
     Every option is checked before the model loads; a bad one prints one `error:` line and exits 2.
     A prompt longer than the model's context keeps only its last tokens, with a warning on stderr.
     NaN or inf logits stop generation with an error naming the layer that first produced them.
 
-    Example: gpt2xl generate "ROMEO:" --model ../shared/models/gpt2-tiny-shakespeare --temperature 0.8 --top-k 40
+    Example: gpt2xl generate "ROMEO:" --model ../shared/models/gpt2-tiny-shakespeare --temperature 0.8 --top-p 0.95
     """
     from gpt2xl.generation import run_generation
 
@@ -94,6 +97,7 @@ def generate(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
+        top_p=top_p,
         seed=seed,
         device=device,
         dtype=dtype,

@@ -98,6 +98,21 @@ def test_finite_logits_never_give_nan_probabilities(logits, temperature, top_k):
     assert probs[0, torch.tensor(logits).argmax()] > 0  # the most likely token always stays possible
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    logits=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=12),
+    temperature=st.floats(min_value=5e-324, allow_nan=False, allow_infinity=False),
+    top_k=st.one_of(st.none(), st.integers(min_value=0, max_value=20)),
+    top_p=st.floats(min_value=5e-324, max_value=1.0),  # down to p that float32 rounds to 0
+)
+def test_finite_logits_never_give_nan_probabilities_with_top_p(logits, temperature, top_k, top_p):
+    row = torch.tensor([logits])
+    probs = logits_to_probs(row, temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.isfinite(probs).all() and (probs >= 0).all()
+    assert abs(probs.sum().item() - 1.0) < 1e-5
+    assert (probs[row == row.max()] > 0).any()  # one of the most likely tokens always stays possible
+
+
 def test_extreme_temperatures_run_end_to_end_and_tiny_equals_greedy():
     from gpt2xl.generation import run_generation
 
@@ -120,6 +135,11 @@ def test_extreme_temperatures_run_end_to_end_and_tiny_equals_greedy():
         (["--temperature", "-1e-310"], "temperature must be a finite number >= 0"),
         (["--max-new-tokens", str(10**11)], "max_new_tokens must be an integer >= 0 and <= 1,000,000"),
         (["--top-k", "-1"], "top_k must be an integer >= 0"),
+        (["--top-p", "0"], "top_p must be a number > 0 and <= 1, got 0.0;"),
+        (["--top-p", "-1"], "top_p must be a number > 0 and <= 1, got -1.0;"),
+        (["--top-p", "1.5"], "top_p must be a number > 0 and <= 1, got 1.5;"),
+        (["--top-p", "nan"], "top_p must be a number > 0 and <= 1, got nan;"),
+        (["--top-p", "inf"], "top_p must be a number > 0 and <= 1, got inf;"),
         (["--num-samples", "0"], "num_samples must be an integer >= 1"),
     ],
 )

@@ -41,6 +41,22 @@ def test_generate_json_reports_tokens_text_and_speed():
     assert doc["environment"]["torch"]
 
 
+def test_generate_top_p_reaches_the_sampler_and_the_json(tiny_shakespeare):
+    from gpt2xl.sampling import SamplingConfig, generate, make_generator
+
+    out = run_cli("generate", "ROMEO:", "--model", str(TINY_SHAKESPEARE), "--max-new-tokens", "20",
+                  "--temperature", "1.2", "--top-p", "0.9", "--seed", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["sampling"]["top_p"] == 0.9 and doc["sampling"]["temperature"] == 1.2
+
+    def sample(top_p: float | None) -> list[int]:
+        cfg = SamplingConfig(max_new_tokens=20, temperature=1.2, top_p=top_p)
+        return generate(tiny_shakespeare.model, [doc["prompt_tokens"]], cfg, generator=make_generator(4)).tokens[0]
+
+    assert doc["samples"][0]["tokens"] == sample(0.9) != sample(None)
+
+
 def test_random_weights_are_labelled():
     out = run_cli("generate", "Hello", "--model", "random:tiny", "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
@@ -84,7 +100,8 @@ def test_missing_and_corrupt_weights(tmp_path):
 def test_help_teaches():
     out = run_cli("generate", "--help")
     assert out.returncode == 0
-    for option in ("--model", "--temperature", "--top-k", "--seed", "--device", "--dtype", "--num-samples", "--json"):
+    for option in ("--model", "--temperature", "--top-k", "--top-p", "--seed", "--device", "--dtype", "--num-samples",
+                   "--json"):
         assert option in out.stdout
 
 

@@ -1,4 +1,5 @@
-"""Samplers: the pure functions, and both loops on the trained tiny checkpoint."""
+"""Samplers: the pure functions, and both loops on the trained tiny checkpoint (top-p in detail:
+test_top_p.py)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def test_temperature_sharpens_and_flattens():
         dict(max_new_tokens=5, top_k=-1),
         dict(max_new_tokens=-1),
         dict(max_new_tokens=5, top_k=2.5),
+        dict(max_new_tokens=5, top_p=0.0),
+        dict(max_new_tokens=5, top_p=1.5),
+        dict(max_new_tokens=5, top_p=float("nan")),
     ],
 )
 def test_bad_sampling_values_are_refused(kwargs):
@@ -67,10 +71,11 @@ def test_bad_sampling_values_are_refused(kwargs):
         SamplingConfig(**kwargs)
 
 
-def test_same_seed_same_output_other_seed_other_output(tiny_shakespeare):
+@pytest.mark.parametrize("top_p", [None, 0.9])
+def test_same_seed_same_output_other_seed_other_output(tiny_shakespeare, top_p):
     model = tiny_shakespeare.model
     prompt = [encode("ROMEO:\n")] * 3
-    cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_k=100, stop_at_eot=False)
+    cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_k=100, top_p=top_p, stop_at_eot=False)
     a = generate(model, prompt, cfg, generator=make_generator(7)).tokens
     b = generate(model, prompt, cfg, generator=make_generator(7)).tokens
     c = generate(model, prompt, cfg, generator=make_generator(8)).tokens
@@ -78,12 +83,15 @@ def test_same_seed_same_output_other_seed_other_output(tiny_shakespeare):
     assert len({tuple(row) for row in a}) == 3  # rows of one batch draw independently
 
 
-@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (0.8, 40), (1.0, None), (1.5, 5)])
-def test_reference_and_cached_samplers_agree(tiny_shakespeare, temperature, top_k):
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(0.0, None, None), (0.8, 40, None), (1.0, None, None), (1.5, 5, None), (1.0, None, 0.9), (1.2, 50, 0.8)],
+)
+def test_reference_and_cached_samplers_agree(tiny_shakespeare, temperature, top_k, top_p):
     model = tiny_shakespeare.model
     prompt = [encode("JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?")] * 2
     # 140 new tokens run past the 128-token context: both loops must crop the same way.
-    cfg = SamplingConfig(max_new_tokens=140, temperature=temperature, top_k=top_k, stop_at_eot=False)
+    cfg = SamplingConfig(max_new_tokens=140, temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eot=False)
     ref = generate_reference(model, prompt, cfg, generator=make_generator(3))
     cached = generate(model, prompt, cfg, generator=make_generator(3))
     assert ref.tokens == cached.tokens

@@ -6,21 +6,13 @@ continues the same prompts with the batched, KV-cached sampler (:func:`gpt2xl.sa
 under ``make_generator(seed)`` — a fresh generator per cell, consumed batch after batch in prompt
 order, so a cell is reproducible on its own and does not depend on which cells ran before it.
 
-Metrics of a cell (all on GPT-2 token ids of the generated continuation, prompt excluded, the
-end-of-text token excluded; see :mod:`gpt2xl.metrics` for each definition):
-
-- ``distinct_{1,2,3}``: corpus-level distinct-n = unique n-grams over all samples / all n-grams;
-  ``distinct_{1,2,3}_per_sample``: mean over samples of each sample's own ratio.
-- ``self_bleu_4``: Self-BLEU with 4-gram BLEU (NLTK method-1 smoothing); lower = more diverse.
-- ``repetition_rate``: fraction of samples Holtzman et al. (2019) flag as ending in a repetition
-  loop (their script's rule: see ``gpt2xl.metrics.is_repetitive``).
-- ``mean_length_tokens``, ``eot_rate`` (fraction of samples that stopped at <|endoftext|>).
-- ``generation_perplexity``: ``exp(sum NLL / tokens)`` of the generated tokens under the SAME
-  model, each token conditioned on its prompt and the tokens before it (token-weighted over the
-  whole cell; empty generations contribute nothing; None when no token was generated at all).
-  A grid refuses prompts whose prompt + generation exceed the context (:func:`check_fits_context`),
-  so every cell is scored on whole prompts; :func:`continuation_nll` itself, for other callers,
-  crops such a prompt from the left and slides over a continuation longer than the context.
+Metrics of a cell: the rows of :data:`gpt2xl.metric_table.METRICS` (name, title, one-sentence
+definition, direction, format), computed by :func:`score_samples` on GPT-2 token ids of the
+generated continuation (prompt excluded, the end-of-text token excluded; see
+:mod:`gpt2xl.metrics` for each function). Generation perplexity is scored under the SAME model;
+a grid refuses prompts whose prompt + generation exceed the context (:func:`check_fits_context`),
+so every cell is scored on whole prompts; :func:`continuation_nll` itself, for other callers,
+crops such a prompt from the left and slides over a continuation longer than the context.
 
 The "human" reference row scores the true continuations of the same prompts in the dataset, cut
 to ``max_new_tokens`` tokens, with the same metrics (its eot_rate is 0 by construction).
@@ -30,12 +22,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 from tqdm.auto import tqdm
 
 from gpt2xl.errors import ConfigError
+from gpt2xl.metric_table import METRIC_BY_NAME, check_metric_values
 from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu
 from gpt2xl.model import GPT
 from gpt2xl.perplexity import score_spans, window_plan
@@ -79,19 +73,22 @@ def check_fits_context(*, prompt_tokens: int, max_new_tokens: int, block_size: i
 
 @dataclass(frozen=True, kw_only=True)
 class GridConfig:
-    """What one grid run samples. ``top_ks``: 0 means the whole vocabulary (no top-k); a value
+    """What one grid run samples. The field defaults are THE default grid (:data:`DEFAULT_GRID`:
+    every command and the nox session read it). ``top_ks``: 0 means the whole vocabulary (no top-k); a value
     above the vocabulary is allowed and behaves as the whole vocabulary (the sampler clamps it).
     ``prompt_tokens``: every prompt is exactly this long (a fixed prefix of the dataset's text);
     prompt plus ``max_new_tokens`` must fit the model's context (:func:`check_fits_context`,
     checked by :func:`run_grid` and, before loading, by the CLI)."""
 
     dataset: str
-    num_prompts: int = 32
+    # 16 prompts x 3 seeds = 48 continuations per setting (one seed of 32 before): the default run
+    # stays within minutes on 2 cores with three seeds.
+    num_prompts: int = 16
     prompt_tokens: int = 32
     max_new_tokens: int = 64
     temperatures: tuple[float, ...] = (0.5, 0.7, 1.0, 1.3)
     top_ks: tuple[int, ...] = (0, 5, 20, 100)
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)  # three seeds: a seed's own spread is visible in the report
     batch_size: int = 32
     stop_at_eot: bool = True
 
@@ -133,6 +130,11 @@ class GridConfig:
             raise ConfigError(f"Unknown grid config keys: {', '.join(sorted(unknown))}.")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**values)  # type: ignore[arg-type]
+
+
+# The default grid of `gpt2xl eval grid`, `gpt2xl eval run` and `nox -s eval` (4 temperatures x 4
+# top-ks x 3 seeds, 16 prompts of the tiny Shakespeare fixture's eval split).
+DEFAULT_GRID = GridConfig(dataset="tinyshakespeare")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,26 +196,31 @@ class SampleSet:
     hit_eot: tuple[bool, ...]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class CellMetrics:
-    """The metrics of one set of continuations (see the module docstring)."""
+    """The metrics of one set of continuations: ``values`` holds exactly the metrics of
+    :data:`gpt2xl.metric_table.METRICS`, in the table's order, each checked against its row
+    (kind, None only where nullable, finite). Read a metric as ``m["distinct_2"]`` or
+    ``m.distinct_2``."""
 
-    distinct_1: float
-    distinct_2: float
-    distinct_3: float
-    distinct_1_per_sample: float
-    distinct_2_per_sample: float
-    distinct_3_per_sample: float
-    self_bleu_4: float
-    repetition_rate: float
-    mean_length_tokens: float
-    eot_rate: float
-    generation_perplexity: float | None
-    generated_tokens: int
-    num_samples: int
+    values: Mapping[str, float | int | None]
+
+    def __post_init__(self) -> None:
+        checked = check_metric_values(self.values, where="CellMetrics")
+        object.__setattr__(self, "values", MappingProxyType(checked))  # read-only, like the frozen fields
+
+    def __getitem__(self, name: str) -> float | int | None:
+        return self.values[name]
+
+    def __getattr__(self, name: str) -> float | int | None:
+        # Called only for names that are not attributes: the metrics, by name.
+        values = self.__dict__.get("values")
+        if values is None or name not in METRIC_BY_NAME:
+            raise AttributeError(f"CellMetrics has no metric {name!r}")
+        return values[name]
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return asdict(self)
+        return dict(self.values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,25 +290,26 @@ def continuation_nll(
 def score_samples(
     model: GPT, prompts: Sequence[Prompt], samples: SampleSet, *, batch_size: int
 ) -> CellMetrics:
-    """All the metrics of ``samples`` (continuations of ``prompts``, in order)."""
+    """All the metrics of ``samples`` (continuations of ``prompts``, in order): one entry per row
+    of :data:`gpt2xl.metric_table.METRICS` (CellMetrics refuses a missing or unknown one)."""
     seqs = [list(t) for t in samples.tokens]
     d = {n: distinct_n(seqs, n) for n in (1, 2, 3)}
     nll, count = continuation_nll(model, [p.tokens for p in prompts], seqs, batch_size=batch_size)
-    return CellMetrics(
-        distinct_1=d[1].corpus,
-        distinct_2=d[2].corpus,
-        distinct_3=d[3].corpus,
-        distinct_1_per_sample=d[1].per_sample_mean,
-        distinct_2_per_sample=d[2].per_sample_mean,
-        distinct_3_per_sample=d[3].per_sample_mean,
-        self_bleu_4=self_bleu(seqs, max_n=4),
-        repetition_rate=repetition_rate(seqs),
-        mean_length_tokens=mean_length(seqs),
-        eot_rate=sum(samples.hit_eot) / len(samples.hit_eot) if samples.hit_eot else 0.0,
-        generation_perplexity=math.exp(nll / count) if count else None,
-        generated_tokens=sum(len(s) for s in seqs),
-        num_samples=len(seqs),
-    )
+    return CellMetrics({
+        "distinct_1": d[1].corpus,
+        "distinct_2": d[2].corpus,
+        "distinct_3": d[3].corpus,
+        "distinct_1_per_sample": d[1].per_sample_mean,
+        "distinct_2_per_sample": d[2].per_sample_mean,
+        "distinct_3_per_sample": d[3].per_sample_mean,
+        "self_bleu_4": self_bleu(seqs, max_n=4),
+        "repetition_rate": repetition_rate(seqs),
+        "mean_length_tokens": mean_length(seqs),
+        "eot_rate": sum(samples.hit_eot) / len(samples.hit_eot) if samples.hit_eot else 0.0,
+        "generation_perplexity": math.exp(nll / count) if count else None,
+        "generated_tokens": sum(len(s) for s in seqs),
+        "num_samples": len(seqs),
+    })
 
 
 def sample_cell(

@@ -118,6 +118,26 @@ class LoadedModel:
         found = {p.layout for kind, p in self.model.kernel_plan().items() if kind != "lm_head"}
         return found.pop() if len(found) == 1 else "mixed"
 
+    def provenance(self) -> dict[str, object]:
+        """Which model produced a result, in the one shape every result file records (generate's
+        ``--json``, ``eval.json``, ``bench.json``): ``label`` (human-readable, says RANDOM for
+        random weights), ``kind`` (pretrained, checkpoint or random), ``spec`` (what the user
+        typed), ``files`` (weight files read), ``sha256`` (over those files' bytes; None for
+        random weights), ``seed`` (random weights only, else None), ``config``, ``device``,
+        ``dtype`` and ``num_parameters``. Hashing reads every weight byte: about a second per GB."""
+        return {
+            "label": self.source.label,
+            "kind": self.source.kind,
+            "spec": self.source.spec,
+            "files": list(self.source.files),
+            "sha256": self.source.sha256(),
+            "seed": self.source.seed,
+            "config": self.config.to_dict(),
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "num_parameters": self.config.num_parameters(),
+        }
+
     def describe(self) -> dict[str, object]:
         return {
             "weights": self.source.to_dict(),

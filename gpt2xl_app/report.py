@@ -47,25 +47,30 @@ def _run_provenance(eval_doc: dict[str, Any] | None, bench_doc: dict[str, Any] |
             f"| seeds | sampling {eval_doc['seeds']}; weights seed {weights_seed} |",
             f"| git | `{env.get('git_sha')}` |",
             f"| environment | {environment} |",
-            "",
         ]
+        reused = eval_doc.get("reused")
+        if isinstance(reused, dict) and reused.get("parts"):
+            earlier = (reused.get("environment") or {}).get("git_sha")
+            lines.append(f"| reused (--resume) | {', '.join(map(str, reused['parts']))} from an earlier run "
+                         f"(git `{earlier}`) |")
+        lines.append("")
     if bench_doc is not None:
         lines += ["Bench provenance is in the bench section below (bench.json)." if eval_doc is not None
                   else "Only bench.json is present: provenance is in the bench section.", ""]
     return lines
 
 
-def render_report(run_dir: Path) -> str:
+def render_report(run_dir: Path, *, eval_doc: dict[str, Any] | None = None, image_dir: Path | None = None) -> str:
     """The Markdown of ``run_dir``'s report. Both result files are checked against the fields the
     report reads when they are read; a run directory with neither, or a result file that is
-    malformed, raises ResultError naming the file (and the field)."""
+    malformed, raises ResultError naming the file (and the field). ``eval_doc``: the eval
+    document to report instead of ``run_dir``'s eval.json (an eval result set being staged);
+    ``image_dir``: where the eval plots are looked for (default ``run_dir``)."""
     if not run_dir.is_dir():
         raise ResultError(f"{run_dir} is not a directory; pass a run directory holding eval.json and/or bench.json.")
     eval_path, bench_path = run_dir / "eval.json", run_dir / "bench.json"
-    eval_doc = None
-    if eval_path.exists():
-        # eval_report imports matplotlib (half a second): a bench-only report does without it.
-        from gpt2xl_app.eval_report import read_eval_doc
+    if eval_doc is None and eval_path.exists():
+        from gpt2xl.evaluation import read_eval_doc
 
         eval_doc = read_eval_doc(eval_path)
     bench_doc = load_bench(bench_path) if bench_path.exists() else None  # pytest-benchmark's format
@@ -76,15 +81,19 @@ def render_report(run_dir: Path) -> str:
     lines = [f"# gpt2xl report — {run_dir.name}", ""]
     lines += _run_provenance(eval_doc, bench_doc)
     if eval_doc is not None:
+        # eval_report imports matplotlib (half a second): a bench-only report does without it.
         from gpt2xl_app.eval_report import render_eval_section
 
-        lines.append(render_eval_section(eval_doc, run_dir))
+        lines.append(render_eval_section(eval_doc, image_dir or run_dir))
     if bench_doc is not None:
         lines.append(render_bench_section(bench_doc, run_dir))
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)write ``run_dir/report.md`` from the result files in ``run_dir``; returns its path."""
+def write_report(run_dir: str | Path, *, eval_doc: dict[str, Any] | None = None, out_dir: Path | None = None) -> Path:
+    """(Re)write ``report.md`` from the result files in ``run_dir``; returns its path. ``eval_doc``
+    and ``out_dir`` (where report.md goes and the eval plots are looked for) serve the eval
+    commands, which stage a whole result set before moving it into ``run_dir``."""
     run_dir = Path(run_dir)
-    return write_text_atomic(run_dir / "report.md", render_report(run_dir))
+    out = out_dir or run_dir
+    return write_text_atomic(out / "report.md", render_report(run_dir, eval_doc=eval_doc, image_dir=out))

@@ -13,7 +13,6 @@ stream, the model code), review the diff of the JSON, and commit it with that ch
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -50,28 +49,23 @@ ABS_TOL = 1e-6
 
 def compute(setup: dict[str, Any]) -> dict[str, Any]:
     """The metrics ``setup`` describes: {"perplexity": {...}, "cells": {"T=..,k=..,seed=..": {...}},
-    "human": {...}}."""
-    from gpt2xl.data import eval_split, load_corpus
-    from gpt2xl.grid import GridConfig, grid_prompts, human_reference, run_grid
-    from gpt2xl.perplexity import perplexity_report, sliding_window_nll
-    from gpt2xl.tokenizer import decode
-    from gpt2xl.weights import load_model
+    "human": {...}}, computed by the library pipeline `gpt2xl eval run` calls
+    (:func:`gpt2xl.evaluation.evaluate_run`), without a run directory."""
+    from gpt2xl.evaluation import RunOptions, evaluate_run
+    from gpt2xl.grid import GridConfig
 
-    loaded = load_model(str(MODEL_DIR), device="cpu", dtype="fp32")
-    split = eval_split(load_corpus(setup["dataset"], data_dir=DATA_DIR))
     p = setup["perplexity"]
-    ids = split.token_ids[: p["max_tokens"]]
-    text = decode(list(ids))
-    nll = sliding_window_nll(loaded.model, ids, stride=p["stride"], batch_size=p["batch_size"])
-    ppl = perplexity_report(nll, num_words=len(text.split()), num_bytes=len(text.encode("utf-8"))).to_dict()
-    cfg = GridConfig.from_dict(setup["grid"])
-    prompts = grid_prompts(split.token_ids, num_prompts=cfg.num_prompts, prompt_tokens=cfg.prompt_tokens,
-                           continuation_tokens=cfg.max_new_tokens)
-    cells = run_grid(loaded.model, prompts, cfg)
+    opts = RunOptions(
+        model=str(MODEL_DIR), data_dir=DATA_DIR, device="cpu", dtype="fp32", threads=None,
+        grid=GridConfig.from_dict(setup["grid"]), run_dir=None, ppl_datasets=(setup["dataset"],),
+        stride=p["stride"], ppl_batch_size=p["batch_size"], ppl_max_tokens=p["max_tokens"], lambada_max_examples=0,
+    )
+    doc = evaluate_run(opts).doc
     return {
-        "perplexity": ppl,
-        "cells": {f"T={c.temperature:g},k={c.top_k},seed={c.seed}": c.metrics.to_dict() for c in cells},
-        "human": human_reference(loaded.model, prompts, batch_size=cfg.batch_size).to_dict(),
+        "perplexity": doc["perplexity"][0]["result"],
+        "cells": {f"T={c['temperature']:g},k={c['top_k']},seed={c['seed']}": c["metrics"]
+                  for c in doc["grid"]["cells"]},
+        "human": doc["grid"]["human"],
     }
 
 
@@ -117,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     write_result(BASELINE, kind="eval_baseline", payload={
         "setup": SETUP, "torch": torch.__version__, "tolerance": {"rel": REL_TOL, "abs": ABS_TOL}, "metrics": metrics,
     })
-    print(f"wrote {BASELINE}: perplexity {metrics['perplexity']['token_perplexity']:.4f}, {len(metrics['cells'])} cells")
+    ppl = metrics["perplexity"]["token_perplexity"]
+    print(f"wrote {BASELINE}: perplexity {ppl:.4f}, {len(metrics['cells'])} cells")
     return 0
 
 

@@ -282,6 +282,26 @@ def test_a_run_dir_without_write_permission_fails_before_any_work(tmp_path: Path
                            "--run-dir", "permission denied")
 
 
+def test_a_run_dir_another_run_is_writing_fails_before_any_work(tmp_path: Path) -> None:
+    from gpt2xl.results import run_dir_lock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with run_dir_lock(run_dir):  # a run in progress
+        result = _cli("eval", "grid", "--run-dir", str(run_dir), "-m", MODEL, *SMALL_GRID)
+    _assert_one_error_line(result, f"--run-dir {run_dir} is being written by another gpt2xl run (pid {os.getpid()})",
+                           "wait for it to finish or pass another --run-dir")
+    assert list(run_dir.iterdir()) == []  # nothing written, and the holder's lock went with it
+
+
+@pytest.mark.usefixtures("no_load")
+def test_a_malformed_eval_json_in_the_run_dir_is_refused_not_overwritten(monkeypatch, capsys, tmp_path) -> None:
+    (tmp_path / "eval.json").write_text('{"schema_version": 1, "kind": "eval", "model": 3}')
+    line = _main(monkeypatch, capsys, "eval", "grid", "--run-dir", str(tmp_path), "-m", MODEL, *SMALL_GRID)
+    assert f"{tmp_path / 'eval.json'} is not a usable eval result: dataset is missing" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+
+
 # ------------------------------------------------------------------ 4. malformed result files
 
 

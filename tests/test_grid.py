@@ -161,3 +161,101 @@ def test_continuation_nll_counts_only_continuation_tokens():
     assert nll == pytest.approx(count * math.log(v), rel=1e-6)
     with pytest.raises(ConfigError):
         continuation_nll(model, prompts, conts[:2], batch_size=3)
+
+
+# ------------------------------------------------------------------ the metric table and the cell dataclass
+
+
+def _metric_values(**changes):
+    from gpt2xl.metric_table import METRICS
+
+    values = {m.name: (3 if m.kind is int else 0.5) for m in METRICS}
+    values.update(changes)
+    return values
+
+
+def test_cell_metrics_hold_exactly_the_table_s_metrics_in_its_order():
+    from gpt2xl.grid import CellMetrics
+    from gpt2xl.metric_table import METRICS
+
+    values = _metric_values(generation_perplexity=None)
+    m = CellMetrics(dict(reversed(list(values.items()))))
+    assert list(m.to_dict()) == [row.name for row in METRICS]
+    assert m.distinct_2 == m["distinct_2"] == 0.5
+    assert m.generation_perplexity is None
+    assert m.num_samples == 3
+    assert m == CellMetrics(values)
+    with pytest.raises(AttributeError, match="no metric 'distinct_9'"):
+        _ = m.distinct_9
+    with pytest.raises(TypeError, match=r"does not support item assignment"):
+        m.values["distinct_1"] = 1.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({k: v for k, v in _metric_values().items() if k != "self_bleu_4"}, "missing self_bleu_4"),
+        (_metric_values(zipf=1.0), "unknown zipf"),
+        (_metric_values(distinct_1="0.5"), "metric distinct_1 must be float"),
+        (_metric_values(num_samples=2.0), "metric num_samples must be int"),
+        (_metric_values(eot_rate=None), "metric eot_rate must be float"),  # only nullable metrics take None
+        (_metric_values(self_bleu_4=float("nan")), "metric self_bleu_4 must be finite"),
+        (_metric_values(repetition_rate=True), "metric repetition_rate must be float"),
+    ],
+)
+def test_cell_metrics_refuse_values_the_table_does_not_describe(values, needle):
+    from gpt2xl.grid import CellMetrics
+
+    # A bug in the code that computes them, not a user error: TypeError, with its traceback.
+    with pytest.raises(TypeError, match=needle):
+        CellMetrics(values)
+
+
+def test_the_metric_table_rows_are_complete():
+    from gpt2xl.metric_table import METRICS, SHOWN_METRICS
+
+    names = [m.name for m in METRICS]
+    assert len(set(names)) == len(names)
+    assert {"distinct_2", "self_bleu_4", "repetition_rate", "generation_perplexity"} <= {m.name for m in SHOWN_METRICS}
+    for m in METRICS:
+        assert m.definition.endswith(".")
+        assert m.title
+        assert len(m.label) <= 8
+        assert m.higher_is_better in (True, False, None)
+
+
+def test_the_repetition_definition_states_what_is_repetitive_does():
+    from gpt2xl.metric_table import METRIC_BY_NAME
+    from gpt2xl.metrics import is_repetitive
+
+    text = METRIC_BY_NAME["repetition_rate"].definition
+    assert "at least twice and is at least 3 tokens long" in text
+    assert "more than 50 times" in text
+    assert "1 to 90 tokens" in text
+    assert "the shortest on a tie" in text
+    # the cases the sentence decides, against the code
+    assert is_repetitive([1, 2, 3, 1, 2, 3])  # a 3-token phrase twice
+    assert not is_repetitive([1, 2, 1, 2, 1, 2])  # a 2-token phrase, 3 times (not more than 50)
+    assert not is_repetitive([7] * 50)
+    assert is_repetitive([7] * 51)  # a 1-token phrase: more than 50 times
+    assert not is_repetitive([7, 7, 7, 7, 7, 7])  # "7" x 6 beats "7 7 7" x 2: the shortest most-repeated phrase
+
+
+def test_format_value_shows_an_interval_when_given():
+    from gpt2xl.metric_table import METRIC_BY_NAME, format_value
+
+    d2 = METRIC_BY_NAME["distinct_2"]
+    assert format_value(d2, 0.51234) == "0.512"
+    assert format_value(d2, 0.51234, {"low": 0.5, "high": 0.6}) == "0.512 [0.500, 0.600]"
+    assert format_value(d2, None) == "n/a"
+    assert format_value(d2, float("nan")) == "n/a"
+    assert format_value(METRIC_BY_NAME["num_samples"], 32) == "32"
+    assert format_value(METRIC_BY_NAME["num_samples"], 31.5) == "31.5"  # a mean over seeds
+
+
+def test_the_default_grid_is_one_config_with_at_least_three_seeds():
+    from gpt2xl.grid import DEFAULT_GRID
+
+    assert GridConfig(dataset="tinyshakespeare") == DEFAULT_GRID
+    assert len(DEFAULT_GRID.seeds) >= 3
+    assert DEFAULT_GRID.seeds == (0, 1, 2)

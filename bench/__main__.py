@@ -27,7 +27,7 @@ from typing import NoReturn
 
 from bench.profiles import PROFILES, get_profile, local_xl_model, parse_dtypes
 from gpt2xl.errors import ConfigError, GPT2XLError, OutputError, WeightsError
-from gpt2xl.results import new_run_id
+from gpt2xl.results import new_run_id, run_dir_lock
 from gpt2xl.validation import check_int, check_memory, check_output_dir, check_seed
 
 # This module stays torch-free at import (torch takes about a second to import), so that a bad
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             report = write_bench_report(run_dir)
-            joined = write_report(run_dir)  # report.md: bench joined with eval.json when present
+            with run_dir_lock(run_dir):  # an eval run may be rewriting report.md this very moment
+                joined = write_report(run_dir)  # report.md: bench joined with eval.json when present
         except GPT2XLError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -246,7 +246,7 @@ class BenchState:
         self.seed = options.seed
         self.probes: list[dict[str, Any]] = []  # BandwidthProbe.to_dict() + "label", in order
         self.entry: ModelEntry | None = None
-        self.weights: dict[str, dict[str, object]] = {}  # spec -> source.to_dict()
+        self.weights: dict[str, dict[str, object]] = {}  # "spec device dtype" -> LoadedModel.provenance()
         self._finished = False
 
     def probe(self, device: torch.device, label: str) -> dict[str, Any]:
@@ -293,7 +293,7 @@ class BenchState:
             seen = any(p["device"].split(":")[0] == device.type for p in self.probes)
             self.probe(device, f"{'between' if seen else 'start'}, before {spec} {case.device} {case.dtype}")
             self.entry = self._load(key)
-            self.weights[spec] = self.entry.loaded.source.to_dict()
+            self.weights[" ".join(key)] = self.entry.loaded.provenance()
         return self.entry
 
     def _load(self, key: tuple[str, str, str]) -> ModelEntry:

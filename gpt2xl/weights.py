@@ -88,14 +88,6 @@ class WeightsSource:
                     h.update(chunk)
         return h.hexdigest()
 
-    def to_dict(self, *, with_sha256: bool = False) -> dict[str, object]:
-        d: dict[str, object] = {"kind": self.kind, "spec": self.spec, "files": list(self.files), "label": self.label}
-        if self.seed is not None:
-            d["seed"] = self.seed
-        if with_sha256:
-            d["sha256"] = self.sha256()
-        return d
-
 
 @dataclass
 class LoadedModel:
@@ -118,19 +110,20 @@ class LoadedModel:
         found = {p.layout for kind, p in self.model.kernel_plan().items() if kind != "lm_head"}
         return found.pop() if len(found) == 1 else "mixed"
 
-    def provenance(self) -> dict[str, object]:
+    def provenance(self, *, hash_weights: bool = True) -> dict[str, object]:
         """Which model produced a result, in the one shape every result file records (generate's
         ``--json``, ``eval.json``, ``bench.json``): ``label`` (human-readable, says RANDOM for
         random weights), ``kind`` (pretrained, checkpoint or random), ``spec`` (what the user
         typed), ``files`` (weight files read), ``sha256`` (over those files' bytes; None for
-        random weights), ``seed`` (random weights only, else None), ``config``, ``device``,
-        ``dtype`` and ``num_parameters``. Hashing reads every weight byte: about a second per GB."""
+        random weights, and without ``hash_weights``), ``seed`` (random weights only, else None),
+        ``config``, ``device``, ``dtype`` and ``num_parameters``. Hashing reads every weight byte,
+        about a second per GB, so ``generate`` skips it."""
         return {
             "label": self.source.label,
             "kind": self.source.kind,
             "spec": self.source.spec,
             "files": list(self.source.files),
-            "sha256": self.source.sha256(),
+            "sha256": self.source.sha256() if hash_weights else None,
             "seed": self.source.seed,
             "config": self.config.to_dict(),
             "device": str(self.device),
@@ -138,15 +131,13 @@ class LoadedModel:
             "num_parameters": self.config.num_parameters(),
         }
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, *, hash_weights: bool = False) -> dict[str, object]:
+        """:meth:`provenance` plus how the model runs here: storage layout, kernel choices and
+        the bytes a decode step streams."""
         return {
-            "weights": self.source.to_dict(),
-            "config": self.config.to_dict(),
-            "device": str(self.device),
-            "dtype": dtype_name(self.dtype),
+            **self.provenance(hash_weights=hash_weights),
             "weight_layout": self.layout,
             "kernels": self.tuning.to_dict(),
-            "num_parameters": self.config.num_parameters(),
             "weight_bytes": self.model.weight_bytes(),
         }
 

@@ -115,8 +115,8 @@ def generate(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    if result["model"]["weights"]["kind"] == "random":
-        label = result["model"]["weights"]["label"]
+    if result["model"]["kind"] == "random":
+        label = result["model"]["label"]
         typer.echo(f"[{label}: the text is noise; use this for throughput only]", err=True)
     for i, sample in enumerate(result["samples"]):
         if num_samples > 1:
@@ -126,7 +126,7 @@ def generate(
     typer.echo(
         f"[{t['new_tokens']} tokens in {t['total_s']:.2f} s: prefill {t['prefill_s'] * 1000:.0f} ms, "
         f"decode {t['decode_tokens_per_s']:.2f} tok/s, end-to-end {t['tokens_per_s']:.2f} tok/s; "
-        f"{result['model']['weights']['label']}, {result['model']['device']} {result['model']['dtype']}; "
+        f"{result['model']['label']}, {result['model']['device']} {result['model']['dtype']}; "
         f"{_hardware(result)}]",
         err=True,
     )

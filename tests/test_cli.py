@@ -37,7 +37,7 @@ def test_generate_json_reports_tokens_text_and_speed():
     for sample in doc["samples"]:
         assert len(sample["tokens"]) <= 12 and isinstance(sample["text"], str)
     assert doc["timings"]["decode_tokens_per_s"] > 0 and doc["timings"]["prefill_s"] > 0
-    assert doc["model"]["weights"]["kind"] == "checkpoint"
+    assert doc["model"]["kind"] == "checkpoint"
     assert doc["environment"]["torch"]
 
 

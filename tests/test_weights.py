@@ -32,7 +32,7 @@ def test_random_weights_are_seeded_and_labelled():
     sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["transformer.h.0.attn.c_attn.weight"], sc["transformer.h.0.attn.c_attn.weight"])
-    assert a.source.is_random and "RANDOM" in a.source.label and a.source.to_dict()["seed"] == 3
+    assert a.source.is_random and "RANDOM" in a.source.label and a.source.seed == 3
     assert a.model.lm_head.weight is a.model.transformer.wte.weight
     w = a.model.transformer.h[0].mlp.c_fc.weight
     assert abs(w.std().item() - 0.02) < 0.005  # GPT-2's init scale

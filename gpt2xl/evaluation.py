@@ -91,8 +91,14 @@ _INTERVALS = Maybe({"*": {"low": float, "high": float}})  # {metric: interval}, 
 _CELL_METRICS: dict[str, object] = {
     m.name: Maybe(float) if m.nullable else (int if m.kind is int else float) for m in METRICS
 }
-_MEAN_METRICS: dict[str, object] = {m.name: Maybe(float) for m in METRICS}  # means over seeds
-_SETTINGS: dict[str, object] = {s.name: int if s.kind is int else float for s in SETTINGS}
+_MEAN_METRICS: dict[str, object] = {m.name: Maybe(float) for m in METRICS}  # per setting, over its seeds
+# A setting with a default (top-p) may be absent from a file written before it existed.
+_SETTINGS: dict[str, object] = {
+    s.name: (int if s.kind is int else float) if s.default is None else Maybe(int if s.kind is int else float)
+    for s in SETTINGS
+}
+_NEIGHBOUR_TEST = {"axis": str, "metric": str, "left": dict, "right": dict, "difference": float, "low": float,
+                   "high": float, "p_value": float}  # and "significant", a boolean (the schema has no node for one)
 _DATASET: dict[str, object] = {"source": str, "sha256": Maybe(str), "split": str}
 PROVENANCE_SCHEMA: dict[str, object] = {
     "label": str, "kind": str, "spec": str, "files": [str], "sha256": Maybe(str), "num_parameters": int,
@@ -113,7 +119,10 @@ EVAL_SCHEMA: dict[str, object] = {
     }),
     "grid": Maybe({
         "config": {"dataset": str, "num_prompts": int, "prompt_tokens": int, "max_new_tokens": int,
-                   "batch_size": int, "seeds": [int]},
+                   "batch_size": int, "seeds": [int], "top_ps": Maybe([float]), "bootstrap_seed": Maybe(int),
+                   "n_resamples": Maybe(int)},
+        "intervals": Maybe({"confidence": float, "seed": int, "n_resamples": int}),
+        "neighbour_tests": Maybe({"test": str, "level": float, "correction": str, "comparisons": [_NEIGHBOUR_TEST]}),
         "seconds": float,
         "human": Maybe(_CELL_METRICS),
         "human_intervals": _INTERVALS,
@@ -137,20 +146,22 @@ def read_eval_doc(
 
 
 # --------------------------------------------------------------------------------------------
-# the grid's rows: per seed (cells), per setting (means over seeds), the human reference
+# the grid's rows: per seed (cells), per setting (over its seeds), the human reference
 # --------------------------------------------------------------------------------------------
 
 
 def settings_of(row: dict[str, Any]) -> tuple[Any, ...]:
-    """The sampling settings that identify ``row`` (a cell or a summary row), in table order."""
-    return tuple(row[name] for name in SETTING_NAMES)
+    """The sampling settings that identify ``row`` (a cell or a summary row), in table order (a
+    setting the row predates, e.g. top-p, at its default)."""
+    return tuple(s.of(row) for s in SETTINGS)
 
 
 def summarize_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per setting: every metric's mean over the setting's seeds (a None value, e.g. the
     generation perplexity of a seed that generated nothing, is left out; None when every seed's
     is None), in the order the settings first appear in ``cells``. No interval: a caller that
-    computes one adds ``intervals`` to the row."""
+    computes one adds ``intervals`` to the row (:func:`grid_entry` also replaces each shown
+    metric's mean by the value its interval is of; see :mod:`gpt2xl.grid_intervals`)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for cell in cells:
         groups.setdefault(settings_of(cell), []).append(cell)
@@ -174,7 +185,7 @@ def summary_rows(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 def grid_csv(eval_doc: dict[str, Any]) -> str:
     """The grid as CSV: one ``model`` row per cell (setting and seed), one ``mean`` row per
-    setting (the mean over seeds, with each shown metric's interval in ``<metric>_low`` /
+    setting (its value over all seeds, with each shown metric's interval in ``<metric>_low`` /
     ``<metric>_high`` where one was computed), and the ``human`` reference last (settings and seed
     empty). The columns come from :data:`gpt2xl.metric_table.METRICS`."""
     grid = eval_doc["grid"]
@@ -635,26 +646,43 @@ def lambada_entry(
 
 
 def grid_entry(model: GPT, prompts: list[Prompt], cfg: GridConfig, *, progress: bool) -> dict[str, Any]:
-    """The human reference, every cell, and the per-setting means over seeds on ``prompts`` (cut
-    from the split once, before loading), as one result entry."""
-    from gpt2xl.grid import human_reference, run_grid
+    """The human reference, every cell, and one row per setting on ``prompts`` (cut from the
+    split once, before loading), as one result entry, with the bootstrap intervals of every shown
+    metric of every setting and of the human reference, and the neighbour tests
+    (:func:`gpt2xl.grid_intervals.grid_statistics`). A setting row's shown metrics are the values
+    their intervals are of (over all its seeds' samples, the overlap metrics within each seed's
+    cell); the others are means over seeds."""
+    from gpt2xl.grid import human_units, run_grid
+    from gpt2xl.grid_intervals import SIGNIFICANCE_TEST, grid_statistics, interval_dict
     from gpt2xl.tokenizer import decode
 
     t0 = time.perf_counter()
-    human = human_reference(model, prompts, batch_size=cfg.batch_size)
+    human, human_samples = human_units(model, prompts, batch_size=cfg.batch_size)
     cells = run_grid(model, prompts, cfg, progress=progress)
     cell_dicts = []
     for c in cells:
         d = c.to_dict()
         d["example_texts"] = [decode(list(e)) for e in c.examples]
         cell_dicts.append(d)
+    computed = grid_statistics(cells, human_samples, cfg, progress=progress)
+    summary = summarize_cells(cell_dicts)
+    for row in summary:
+        intervals = computed.intervals.get(settings_of(row), {})
+        for name, interval in intervals.items():
+            row["metrics"][name] = interval.estimate
+        row["intervals"] = {name: interval_dict(i) for name, i in intervals.items()}
     return {
         "config": cfg.to_dict(),
         "prompt_starts": [p.start for p in prompts],
         "example_prompt": decode(list(prompts[0].tokens)),
         "human": human.to_dict(),
-        "summary": summarize_cells(cell_dicts),
+        "human_intervals": {name: interval_dict(i) for name, i in computed.human.items()},
+        "summary": summary,
         "cells": cell_dicts,
+        "intervals": computed.info,
+        "neighbour_tests": {"test": SIGNIFICANCE_TEST, "level": round(1 - computed.info["confidence"], 12),
+                            "correction": "none", "comparisons": computed.tests},
+        "interval_notes": computed.notes,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -1,7 +1,7 @@
-"""The sampling grid: temperature x top-k (x seeds), each cell scored for diversity and fluency.
+"""The sampling grid: temperature x top-k x top-p (x seeds), each cell scored for diversity and fluency.
 
 One grid run loads nothing: the caller passes the model and the prompts, computed once, and
-:func:`run_grid` only samples and scores. Every cell (one temperature, one top-k, one seed)
+:func:`run_grid` only samples and scores. Every cell (one temperature, one top-k, one top-p, one seed)
 continues the same prompts with the batched, KV-cached sampler (:func:`gpt2xl.sampling.generate`)
 under ``make_generator(seed)`` — a fresh generator per cell, consumed batch after batch in prompt
 order, so a cell is reproducible on its own and does not depend on which cells ran before it.
@@ -16,6 +16,9 @@ crops such a prompt from the left and slides over a continuation longer than the
 
 The "human" reference row scores the true continuations of the same prompts in the dataset, cut
 to ``max_new_tokens`` tokens, with the same metrics (its eot_rate is 0 by construction).
+
+Every cell also keeps its samples with their own scores (:class:`ScoredSample`: tokens, end-of-text,
+NLL): the units of the bootstrap intervals and tests of :mod:`gpt2xl.grid_intervals`.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from tqdm.auto import tqdm
 
 from gpt2xl.errors import ConfigError
 from gpt2xl.metric_table import METRIC_BY_NAME, check_metric_values
-from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu
+from gpt2xl.metrics import distinct_n, mean_length, repetition_rate, self_bleu, zipf_coefficient
 from gpt2xl.model import GPT
 from gpt2xl.perplexity import score_spans, window_plan
-from gpt2xl.sampling import SamplingConfig, generate, make_generator
+from gpt2xl.sampling import SamplingConfig, check_top_p, generate, make_generator
+from gpt2xl.stats import MAX_RESAMPLES, min_resamples
 from gpt2xl.validation import check_float, check_int, check_seed
 
 
@@ -48,6 +52,14 @@ def check_temperature(value: object) -> float:
 def check_top_k(value: object) -> int:
     """``value`` as a grid top-k: an integer >= 0 (0 = the whole vocabulary)."""
     return check_int("top-k (0 = the whole vocabulary)", value, minimum=0)
+
+
+def check_grid_top_p(value: object) -> float:
+    """``value`` as a grid top-p: a number in (0, 1] (1 = no nucleus cut)."""
+    top_p = check_top_p(value)
+    if top_p is None:
+        raise ConfigError("top-p must be a number > 0 and <= 1 (1 = no nucleus cut), got None.")
+    return top_p
 
 
 def check_fits_context(*, prompt_tokens: int, max_new_tokens: int, block_size: int) -> None:
@@ -78,7 +90,13 @@ class GridConfig:
     above the vocabulary is allowed and behaves as the whole vocabulary (the sampler clamps it).
     ``prompt_tokens``: every prompt is exactly this long (a fixed prefix of the dataset's text);
     prompt plus ``max_new_tokens`` must fit the model's context (:func:`check_fits_context`,
-    checked by :func:`run_grid` and, before loading, by the CLI)."""
+    checked by :func:`run_grid` and, before loading, by the CLI). ``top_ps``: 1.0 keeps every
+    candidate (no nucleus cut), so the default grid's cells are those of a grid without top-p.
+
+    ``bootstrap_seed``, ``n_resamples``, ``weighted_resamples``: the resampler of the intervals and
+    neighbour tests (:mod:`gpt2xl.grid_intervals`): its seed, and the replicates per interval or
+    test (``weighted_resamples`` for self-BLEU and the Zipf coefficient, which are recomputed in
+    Python on every replicate, so they get fewer)."""
 
     dataset: str
     # 16 prompts x 3 seeds = 48 continuations per setting (one seed of 32 before): the default run
@@ -88,9 +106,13 @@ class GridConfig:
     max_new_tokens: int = 64
     temperatures: tuple[float, ...] = (0.5, 0.7, 1.0, 1.3)
     top_ks: tuple[int, ...] = (0, 5, 20, 100)
+    top_ps: tuple[float, ...] = (1.0,)
     seeds: tuple[int, ...] = (0, 1, 2)  # three seeds: a seed's own spread is visible in the report
     batch_size: int = 32
     stop_at_eot: bool = True
+    bootstrap_seed: int = 0
+    n_resamples: int = 1000
+    weighted_resamples: int = 200
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -98,7 +120,8 @@ class GridConfig:
         for name in ("num_prompts", "prompt_tokens", "max_new_tokens", "batch_size"):
             check_int(name, getattr(self, name))
         checks: dict[str, Callable[[object], object]] = {
-            "temperatures": check_temperature, "top_ks": check_top_k, "seeds": lambda s: check_seed("seed", s)
+            "temperatures": check_temperature, "top_ks": check_top_k, "top_ps": check_grid_top_p,
+            "seeds": lambda s: check_seed("seed", s),
         }
         for name, check in checks.items():
             value = getattr(self, name)
@@ -110,14 +133,17 @@ class GridConfig:
                 raise ConfigError(f"{name} must not repeat a value, got {value!r}.")
         if not isinstance(self.stop_at_eot, bool):
             raise ConfigError(f"stop_at_eot must be a bool, got {self.stop_at_eot!r}.")
+        check_seed("bootstrap_seed", self.bootstrap_seed)
+        for name in ("n_resamples", "weighted_resamples"):
+            check_int(name, getattr(self, name), minimum=min_resamples(0.95), maximum=MAX_RESAMPLES)
 
     @property
     def num_cells(self) -> int:
-        return len(self.temperatures) * len(self.top_ks) * len(self.seeds)
+        return len(self.temperatures) * len(self.top_ks) * len(self.top_ps) * len(self.seeds)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
-        for name in ("temperatures", "top_ks", "seeds"):
+        for name in ("temperatures", "top_ks", "top_ps", "seeds"):
             d[name] = list(d[name])
         return d
 
@@ -196,6 +222,20 @@ class SampleSet:
     hit_eot: tuple[bool, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ScoredSample:
+    """One continuation with what its cell's metrics need of it: the prompt it continues (index
+    into the grid's prompts), the seed of its cell, its tokens, whether it stopped at
+    end-of-text, and the NLL (nats) of its ``scored`` tokens under the model."""
+
+    prompt: int
+    seed: int
+    tokens: tuple[int, ...]
+    hit_eot: bool
+    nll: float
+    scored: int
+
+
 @dataclass(frozen=True)
 class CellMetrics:
     """The metrics of one set of continuations: ``values`` holds exactly the metrics of
@@ -225,7 +265,8 @@ class CellMetrics:
 
 @dataclass(frozen=True, kw_only=True)
 class CellResult:
-    """One grid cell: its sampling settings, seed, metrics, seconds spent, and a few examples."""
+    """One grid cell: its sampling settings, seed, metrics, seconds spent, a few examples, and
+    its scored samples (the bootstrap's units; not serialised)."""
 
     temperature: float
     top_k: int
@@ -233,11 +274,14 @@ class CellResult:
     metrics: CellMetrics
     seconds: float
     examples: tuple[tuple[int, ...], ...] = field(default=())
+    top_p: float = 1.0
+    samples: tuple[ScoredSample, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "temperature": self.temperature,
             "top_k": self.top_k,
+            "top_p": self.top_p,
             "seed": self.seed,
             "seconds": self.seconds,
             "metrics": self.metrics.to_dict(),
@@ -254,11 +298,21 @@ def continuation_nll(
     kept; an empty prompt is replaced by nothing — the continuation's first token is then
     unscored); a continuation longer than the context is scored in sliding windows (stride =
     half the context) and only its own tokens are counted."""
+    nlls, _ = _continuation_nlls(model, prompts, continuations, batch_size=batch_size)
+    return math.fsum(nll for part in nlls for nll, _ in part), sum(n for part in nlls for _, n in part)
+
+
+def _continuation_nlls(
+    model: GPT, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *, batch_size: int
+) -> tuple[list[list[tuple[float, int]]], int]:
+    """Per continuation, the (NLL sum, tokens) of each span it was scored in (see
+    :func:`continuation_nll`; none for an empty one), in scoring order, and the span count."""
     if len(prompts) != len(continuations):
         raise ConfigError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
     block = model.config.block_size
     spans: list[tuple[list[int], int]] = []
-    for prompt_ids, cont_ids in zip(prompts, continuations, strict=True):
+    owners: list[int] = []
+    for owner, (prompt_ids, cont_ids) in enumerate(zip(prompts, continuations, strict=True)):
         cont = list(cont_ids)
         if not cont:
             continue
@@ -271,6 +325,7 @@ def continuation_nll(
                     continue
                 first = 1
             spans.append((full, first))
+            owners.append(owner)
             continue
         # Too long for one pass: slide over the tail that holds the continuation, with at most a
         # context's worth of prompt before it, and count only continuation positions.
@@ -281,10 +336,12 @@ def continuation_nll(
             first = max(w.first_scored, first_cont)
             if first < w.end:
                 spans.append((tail[w.begin : w.end], first - w.begin))
-    if not spans:
-        return 0.0, 0
-    scored = score_spans(model, spans, batch_size=batch_size)
-    return math.fsum(s.nll_sum for s in scored), sum(s.num_scored for s in scored)
+                owners.append(owner)
+    parts: list[list[tuple[float, int]]] = [[] for _ in continuations]
+    if spans:
+        for owner, s in zip(owners, score_spans(model, spans, batch_size=batch_size), strict=True):
+            parts[owner].append((s.nll_sum, s.num_scored))
+    return parts, len(spans)
 
 
 def score_samples(
@@ -292,10 +349,28 @@ def score_samples(
 ) -> CellMetrics:
     """All the metrics of ``samples`` (continuations of ``prompts``, in order): one entry per row
     of :data:`gpt2xl.metric_table.METRICS` (CellMetrics refuses a missing or unknown one)."""
+    return score_units(model, prompts, samples, batch_size=batch_size, seed=0)[0]
+
+
+def score_units(
+    model: GPT, prompts: Sequence[Prompt], samples: SampleSet, *, batch_size: int, seed: int
+) -> tuple[CellMetrics, tuple[ScoredSample, ...]]:
+    """:func:`score_samples`, and every sample with its own NLL (the cell's units, tagged with
+    ``seed``), from one scoring pass."""
     seqs = [list(t) for t in samples.tokens]
     d = {n: distinct_n(seqs, n) for n in (1, 2, 3)}
-    nll, count = continuation_nll(model, [p.tokens for p in prompts], seqs, batch_size=batch_size)
-    return CellMetrics({
+    # zipf_coefficient refuses fewer than two distinct tokens (no line to fit): n/a then.
+    zipf = zipf_coefficient(seqs).coefficient if len({t for s in seqs for t in s}) >= 2 else None
+    parts, _ = _continuation_nlls(model, [p.tokens for p in prompts], seqs, batch_size=batch_size)
+    # The cell's total as continuation_nll sums it (all spans in one fsum), so the metric is unchanged.
+    nll = math.fsum(v for part in parts for v, _ in part)
+    count = sum(n for part in parts for _, n in part)
+    units = tuple(
+        ScoredSample(prompt=i, seed=seed, tokens=tuple(seqs[i]), hit_eot=bool(samples.hit_eot[i]),
+                     nll=math.fsum(v for v, _ in part), scored=sum(n for _, n in part))
+        for i, part in enumerate(parts)
+    )
+    metrics = CellMetrics({
         "distinct_1": d[1].corpus,
         "distinct_2": d[2].corpus,
         "distinct_3": d[3].corpus,
@@ -303,6 +378,7 @@ def score_samples(
         "distinct_2_per_sample": d[2].per_sample_mean,
         "distinct_3_per_sample": d[3].per_sample_mean,
         "self_bleu_4": self_bleu(seqs, max_n=4),
+        "zipf_coefficient": zipf,
         "repetition_rate": repetition_rate(seqs),
         "mean_length_tokens": mean_length(seqs),
         "eot_rate": sum(samples.hit_eot) / len(samples.hit_eot) if samples.hit_eot else 0.0,
@@ -310,16 +386,20 @@ def score_samples(
         "generated_tokens": sum(len(s) for s in seqs),
         "num_samples": len(seqs),
     })
+    return metrics, units
 
 
 def sample_cell(
-    model: GPT, prompts: Sequence[Prompt], *, temperature: float, top_k: int, seed: int, cfg: GridConfig
+    model: GPT, prompts: Sequence[Prompt], *, temperature: float, top_k: int, seed: int, cfg: GridConfig,
+    top_p: float = 1.0,
 ) -> SampleSet:
-    """Continue every prompt once under (temperature, top_k) with a fresh ``make_generator(seed)``
-    on the model's device, ``cfg.batch_size`` prompts at a time, in prompt order."""
+    """Continue every prompt once under (temperature, top_k, top_p) with a fresh
+    ``make_generator(seed)`` on the model's device, ``cfg.batch_size`` prompts at a time, in
+    prompt order. top_p 1 is no nucleus cut (the sampler's p = 1 is exactly no top-p)."""
     device = model.transformer.wte.weight.device
     sampling = SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=temperature, top_k=top_k or None, stop_at_eot=cfg.stop_at_eot
+        max_new_tokens=cfg.max_new_tokens, temperature=temperature, top_k=top_k or None,
+        top_p=None if top_p == 1.0 else top_p, stop_at_eot=cfg.stop_at_eot,
     )
     generator = make_generator(seed, device)
     tokens: list[tuple[int, ...]] = []
@@ -334,8 +414,15 @@ def sample_cell(
 
 def human_reference(model: GPT, prompts: Sequence[Prompt], *, batch_size: int) -> CellMetrics:
     """The metrics of the dataset's own continuations of ``prompts`` (the reference point)."""
+    return human_units(model, prompts, batch_size=batch_size)[0]
+
+
+def human_units(
+    model: GPT, prompts: Sequence[Prompt], *, batch_size: int
+) -> tuple[CellMetrics, tuple[ScoredSample, ...]]:
+    """:func:`human_reference` and its scored samples (seed 0: the dataset has one continuation per prompt)."""
     samples = SampleSet(tokens=tuple(p.continuation for p in prompts), hit_eot=tuple(False for _ in prompts))
-    return score_samples(model, prompts, samples, batch_size=batch_size)
+    return score_units(model, prompts, samples, batch_size=batch_size, seed=0)
 
 
 def run_grid(
@@ -347,9 +434,9 @@ def run_grid(
     on_cell: Callable[[CellResult], None] | None = None,
     num_examples: int = 2,
 ) -> list[CellResult]:
-    """Sample and score every (temperature, top_k, seed) cell of ``cfg`` on ``prompts``.
+    """Sample and score every (temperature, top_k, top_p, seed) cell of ``cfg`` on ``prompts``.
 
-    Cells run in the order temperatures x top_ks x seeds (row-major) and are returned in that
+    Cells run in the order temperatures x top_ks x top_ps x seeds (row-major) and are returned in that
     order. ``progress``: a tqdm bar over cells on stderr. ``on_cell`` is called after each cell
     (e.g. to log). ``num_examples``: how many continuations per cell to keep as token ids for the
     report. Deterministic: the same model, prompts, config and torch build give identical cells.
@@ -359,22 +446,25 @@ def run_grid(
     check_fits_context(prompt_tokens=max(len(p.tokens) for p in prompts), max_new_tokens=cfg.max_new_tokens,
                        block_size=model.config.block_size)
     cells: list[CellResult] = []
-    combos = [(t, k, s) for t in cfg.temperatures for k in cfg.top_ks for s in cfg.seeds]
+    combos = [(t, k, p, s) for t in cfg.temperatures for k in cfg.top_ks for p in cfg.top_ps for s in cfg.seeds]
     with tqdm(total=len(combos), desc="grid", unit="cell", disable=not progress) as bar:
-        for temperature, top_k, seed in combos:
+        for temperature, top_k, top_p, seed in combos:
             t0 = time.perf_counter()
-            samples = sample_cell(model, prompts, temperature=temperature, top_k=top_k, seed=seed, cfg=cfg)
-            metrics = score_samples(model, prompts, samples, batch_size=cfg.batch_size)
+            samples = sample_cell(model, prompts, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                  cfg=cfg)
+            metrics, units = score_units(model, prompts, samples, batch_size=cfg.batch_size, seed=int(seed))
             cell = CellResult(
                 temperature=float(temperature),
                 top_k=int(top_k),
+                top_p=float(top_p),
                 seed=int(seed),
                 metrics=metrics,
                 seconds=time.perf_counter() - t0,
                 examples=samples.tokens[:num_examples],
+                samples=units,
             )
             cells.append(cell)
-            bar.set_postfix(T=temperature, k=top_k, seed=seed)
+            bar.set_postfix(T=temperature, k=top_k, p=top_p, seed=seed)
             bar.update(1)
             if on_cell is not None:
                 on_cell(cell)

@@ -7,13 +7,13 @@ Markdown report table and its definitions, the console table of the eval command
 heatmaps (one per metric with ``shown``). Adding a metric is one row here plus its computation
 in :func:`gpt2xl.grid.score_samples`.
 
-Intervals: a row of the grid (a seed's cell, a setting's mean over seeds, the human reference)
+Intervals: a row of the grid (a seed's cell, a setting's row over its seeds, the human reference)
 may carry ``intervals`` = ``{metric name: {"low": x, "high": y}}``; every consumer shows the
 interval beside the value where one is present (:func:`format_value`), and shows the value alone
 where not.
 
 :data:`SETTINGS` does the same for the sampling settings that identify a cell (temperature,
-top-k): column titles, console labels and how a value prints.
+top-k, top-p): column titles, console labels and how a value prints.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gpt2xl.metrics import (
     REPETITION_MAX_PHRASE_LEN,
     REPETITION_MIN_PHRASE_LEN,
     REPETITION_SHORT_PHRASE_MAX_COUNT,
+    ZIPF_MAX_RANKS,
 )
 
 
@@ -120,6 +121,13 @@ METRICS: tuple[Metric, ...] = (
         higher_is_better=False, fmt=".3f",
     ),
     Metric(
+        name="zipf_coefficient", title="Zipf coefficient", label="zipf",
+        definition=("Minus the slope of the least-squares line through (log rank, log count) of the cell's "
+                    f"{ZIPF_MAX_RANKS} most frequent token ids, counted over all its samples (Holtzman et al.'s "
+                    "script); higher = steeper, a few tokens used most (n/a with fewer than two distinct tokens)."),
+        higher_is_better=None, fmt=".3f", nullable=True,
+    ),
+    Metric(
         name="repetition_rate", title="repetition rate", label="rep",
         # The numbers are gpt2xl.metrics.is_repetitive's own constants, so the sentence cannot drift from the code.
         definition=("The fraction of samples that end in a loop by the rule of Holtzman et al.'s script: of the "
@@ -190,7 +198,8 @@ def format_value(metric: Metric, value: float | None, interval: Mapping[str, flo
 class Setting:
     """A sampling setting that identifies a grid cell: ``name`` (its key in eval.json and the
     CSV), ``title`` (report columns and plot axes), ``label`` (console column), ``definition``,
-    ``kind`` and ``zero`` (how the value 0 prints, when it has a meaning of its own)."""
+    ``kind`` and ``zero`` (how the value 0 prints, when it has a meaning of its own); ``default``:
+    the value of a row written before the setting existed (None: every row has it)."""
 
     name: str
     title: str
@@ -198,6 +207,15 @@ class Setting:
     definition: str
     kind: type
     zero: str | None = None
+    default: float | None = None
+
+    def of(self, row: Mapping[str, object]) -> float:
+        """This setting's value in ``row`` (a cell or summary row), ``default`` where the row
+        predates the setting."""
+        value = row.get(self.name, self.default)
+        if value is None:
+            raise KeyError(f"the row has no {self.name}")
+        return cast(float, value)
 
     def format(self, value: float) -> str:
         if value == 0 and self.zero is not None:
@@ -210,5 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
             definition="Softmax temperature; 0 is greedy decoding."),
     Setting(name="top_k", title="top-k", label="k", kind=int, zero="all",
             definition="Sample among the k most likely tokens; all = the whole vocabulary."),
+    Setting(name="top_p", title="top-p", label="p", kind=float, default=1.0,
+            definition=("Nucleus sampling: sample among the fewest most likely tokens whose probability reaches p "
+                        "(after temperature and top-k); 1 = no nucleus cut.")),
 )
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)

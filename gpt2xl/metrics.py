@@ -177,30 +177,20 @@ def _bleu_against_others(
     return brevity * math.exp(log_precision)
 
 
-def self_bleu(samples: Iterable[Iterable[int]], *, max_n: int = 4) -> float:
-    """Self-BLEU (Zhu et al. 2018): the mean, over samples, of the sentence BLEU of each sample
-    against all the OTHER samples as references. Lower means more diverse.
-
-    BLEU here is NLTK's ``sentence_bleu(refs, hyp, weights=(1/max_n,)*max_n,
-    smoothing_function=SmoothingFunction().method1)``: clipped n-gram counts (a hypothesis
-    n-gram counts at most as often as it occurs in the single reference holding it most), a
-    precision denominator of ``max(1, number of hypothesis n-grams)``, a zero match count
-    replaced by 0.1 (so a hypothesis shorter than n gets 0.1 for that order), a score of 0 when
-    no unigram matches, and the brevity penalty ``exp(1 - r/c)`` for ``c <= r`` with r the
-    reference length closest to c (the shorter on a tie).
-
-    Each n-gram's two largest per-sample counts are precomputed, so one hypothesis costs
-    O(its n-grams) and the whole score O(total n-grams x max_n), not O(samples^2).
-
-    Edge cases: empty samples are dropped entirely (neither hypothesis nor reference); fewer
-    than two non-empty samples give 0.0 (there is nothing to compare); identical samples give
-    1.0; samples with no token in common give 0.0. Raises ConfigError when ``max_n`` is not an
-    integer >= 1, TypeError for samples that are not integer sequences.
-    """
+def self_bleu_scores(samples: Iterable[Iterable[int]], *, max_n: int = 4) -> list[float | None]:
+    """The per-sample terms of :func:`self_bleu`, one per sample in order: the sentence BLEU of
+    each non-empty sample against every OTHER non-empty sample as references, None for an empty
+    sample (neither hypothesis nor reference) and for every sample when fewer than two are
+    non-empty (nothing to compare). :func:`self_bleu` is the mean of the non-None terms; a
+    bootstrap that weights samples (:class:`gpt2xl.stats.Weighted`) takes these terms. Same
+    definition, edge cases and errors as :func:`self_bleu`."""
     check_int("max_n", max_n)
-    sequences = [tokens for tokens in _samples(samples) if tokens]
-    if len(sequences) < 2:
-        return 0.0
+    all_tokens = _samples(samples)
+    positions = [i for i, tokens in enumerate(all_tokens) if tokens]
+    out: list[float | None] = [None] * len(all_tokens)
+    if len(positions) < 2:
+        return out
+    sequences = [all_tokens[i] for i in positions]
 
     counts = [[Counter(_ngrams(tokens, order)) for order in range(1, max_n + 1)] for tokens in sequences]
     tops: list[dict[tuple[int, ...], _TopTwo]] = [{} for _ in range(max_n)]
@@ -217,16 +207,41 @@ def self_bleu(samples: Iterable[Iterable[int]], *, max_n: int = 4) -> float:
     lengths = [len(tokens) for tokens in sequences]
     length_counts = Counter(lengths)
     sorted_lengths = sorted(length_counts)
-    scores = [
-        _bleu_against_others(
+    for index, per_order in enumerate(counts):
+        out[positions[index]] = _bleu_against_others(
             index,
             per_order,
             tops,
             hyp_len=lengths[index],
             ref_len=_closest_other_length(lengths[index], length_counts, sorted_lengths),
         )
-        for index, per_order in enumerate(counts)
-    ]
+    return out
+
+
+def self_bleu(samples: Iterable[Iterable[int]], *, max_n: int = 4) -> float:
+    """Self-BLEU (Zhu et al. 2018): the mean, over samples, of the sentence BLEU of each sample
+    against all the OTHER samples as references. Lower means more diverse.
+
+    BLEU here is NLTK's ``sentence_bleu(refs, hyp, weights=(1/max_n,)*max_n,
+    smoothing_function=SmoothingFunction().method1)``: clipped n-gram counts (a hypothesis
+    n-gram counts at most as often as it occurs in the single reference holding it most), a
+    precision denominator of ``max(1, number of hypothesis n-grams)``, a zero match count
+    replaced by 0.1 (so a hypothesis shorter than n gets 0.1 for that order), a score of 0 when
+    no unigram matches, and the brevity penalty ``exp(1 - r/c)`` for ``c <= r`` with r the
+    reference length closest to c (the shorter on a tie).
+
+    Each n-gram's two largest per-sample counts are precomputed, so one hypothesis costs
+    O(its n-grams) and the whole score O(total n-grams x max_n), not O(samples^2). The
+    per-sample terms are :func:`self_bleu_scores`.
+
+    Edge cases: empty samples are dropped entirely (neither hypothesis nor reference); fewer
+    than two non-empty samples give 0.0 (there is nothing to compare); identical samples give
+    1.0; samples with no token in common give 0.0. Raises ConfigError when ``max_n`` is not an
+    integer >= 1, TypeError for samples that are not integer sequences.
+    """
+    scores = [score for score in self_bleu_scores(samples, max_n=max_n) if score is not None]
+    if not scores:
+        return 0.0
     return math.fsum(scores) / len(scores)
 
 

@@ -19,7 +19,7 @@ import typer
 
 from gpt2xl.errors import ConfigError, ResultError
 from gpt2xl.evaluation import EVAL_MODEL_ENV, GridOptions, Hooks, LambadaOptions, PerplexityOptions, RunOptions
-from gpt2xl.grid import DEFAULT_GRID, GridConfig, check_temperature, check_top_k
+from gpt2xl.grid import DEFAULT_GRID, GridConfig, check_grid_top_p, check_temperature, check_top_k
 from gpt2xl.metric_table import SETTINGS, SHOWN_METRICS, format_value
 from gpt2xl.validation import check_int, check_seed, parse_list
 
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
 def grid_config(
     *, dataset: str, temperatures: str, top_ks: str, seeds: str, num_prompts: int, prompt_tokens: int,
-    max_new_tokens: int, batch_size: int,
+    max_new_tokens: int, batch_size: int, top_ps: str = "1",
 ) -> GridConfig:
     """The grid the options describe; ConfigError naming the option that is wrong."""
     from gpt2xl.data import get_spec
@@ -79,6 +79,8 @@ def grid_config(
         temperatures=parse_list(temperatures, name="--temperatures", item=lambda t: check_temperature(float(t)),
                                 what="temperatures"),
         top_ks=parse_list(top_ks, name="--top-ks", item=lambda k: check_top_k(int(k)), what="integers"),
+        top_ps=parse_list(top_ps, name="--top-ps", item=lambda p: check_grid_top_p(float(p)),
+                          what="numbers in (0, 1]"),
         seeds=parse_list(seeds, name="--seeds", item=lambda s: check_seed("a seed", int(s)), what="integer seeds"),
         batch_size=batch_size,
     )
@@ -118,6 +120,7 @@ def _listed(values: tuple[float, ...] | tuple[int, ...]) -> str:
 # The grid options' defaults, as option text: the library's one default grid (gpt2xl.grid.DEFAULT_GRID).
 DEFAULT_TEMPERATURES = _listed(DEFAULT_GRID.temperatures)
 DEFAULT_TOP_KS = _listed(DEFAULT_GRID.top_ks)
+DEFAULT_TOP_PS = _listed(DEFAULT_GRID.top_ps)
 DEFAULT_SEEDS = _listed(DEFAULT_GRID.seeds)
 
 
@@ -142,14 +145,14 @@ def _echo_lambada(entry: dict[str, Any]) -> None:
 
 
 def grid_table(grid: dict[str, Any]) -> list[str]:
-    """The console table of a grid: one row per setting (means over seeds, with [interval] where
+    """The console table of a grid: one row per setting (over its seeds, with [interval] where
     one was computed) and the human reference; columns from the metric table."""
     from gpt2xl.evaluation import summary_rows
 
     def values(metrics: dict[str, Any], intervals: dict[str, Any] | None) -> list[str]:
         return [format_value(m, metrics.get(m.name), (intervals or {}).get(m.name)) for m in SHOWN_METRICS]
 
-    rows = [[*(s.format(r[s.name]) for s in SETTINGS), str(len(r["seeds"])), *values(r["metrics"], r.get("intervals"))]
+    rows = [[*(s.format(s.of(r)) for s in SETTINGS), str(len(r["seeds"])), *values(r["metrics"], r.get("intervals"))]
             for r in summary_rows(grid)]
     if grid.get("human"):
         rows.append(["human", *("" for _ in SETTINGS[1:]), "", *values(grid["human"], grid.get("human_intervals"))])
@@ -161,7 +164,12 @@ def grid_table(grid: dict[str, Any]) -> list[str]:
 def _echo_grid(grid: dict[str, Any]) -> None:
     for line in grid_table(grid):
         typer.echo(line)
-    typer.echo(f"[{len(grid['cells'])} cells (settings x seeds) in {grid['seconds']:.1f} s; means over seeds]")
+    tests = (grid.get("neighbour_tests") or {}).get("comparisons") or []
+    significant = sum(t["significant"] for t in tests)
+    over = ("over all seeds' samples, [95% interval]; "
+            f"{significant} of {len(tests)} neighbour differences significant (see report.md)") if tests else \
+        "means over seeds"
+    typer.echo(f"[{len(grid['cells'])} cells (settings x seeds) in {grid['seconds']:.1f} s; {over}]")
 
 
 def _note(text: str) -> None:
@@ -237,6 +245,7 @@ def lambada(
 
 TempsOpt = Annotated[str, typer.Option(help="Comma-separated temperatures (0 = greedy).")]
 TopKsOpt = Annotated[str, typer.Option(help="Comma-separated top-k values (0 = the whole vocabulary).")]
+TopPsOpt = Annotated[str, typer.Option(help="Comma-separated top-p (nucleus) values in (0, 1] (1 = no nucleus cut).")]
 SeedsOpt = Annotated[str, typer.Option(help="Comma-separated sampling seeds; every cell runs each.")]
 NumPromptsOpt = Annotated[int, typer.Option(help="Prompts cut from the eval split at evenly spaced offsets.")]
 PromptTokensOpt = Annotated[int, typer.Option(help="Tokens per prompt (fixed prefix length).")]
@@ -256,6 +265,7 @@ def grid(
     data_dir: DataDirOpt = None,
     temperatures: TempsOpt = DEFAULT_TEMPERATURES,
     top_ks: TopKsOpt = DEFAULT_TOP_KS,
+    top_ps: TopPsOpt = DEFAULT_TOP_PS,
     seeds: SeedsOpt = DEFAULT_SEEDS,
     num_prompts: NumPromptsOpt = DEFAULT_GRID.num_prompts,
     prompt_tokens: PromptTokensOpt = DEFAULT_GRID.prompt_tokens,
@@ -266,18 +276,19 @@ def grid(
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Temperature x top-k (x seeds) sampling grid → RUN_DIR/eval.json, eval_grid.csv, plots, report.md.
+    """Temperature x top-k x top-p (x seeds) sampling grid → RUN_DIR/eval.json, eval_grid.csv, plots, report.md.
 
     Perplexity and LAMBADA results already in RUN_DIR/eval.json (of the same model) are kept.
 
     Example: gpt2xl eval grid --run-dir reports/try1 -m ../shared/models/gpt2-tiny-shakespeare
-    --temperatures 0.7,1.0 --top-ks 0,40
+    --temperatures 0.7,1.0 --top-ks 0,40 --top-ps 1,0.9
     """
     from gpt2xl.evaluation import evaluate_grid
     from gpt2xl_app.eval_report import render_files
 
-    cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, seeds=seeds, num_prompts=num_prompts,
-                      prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
+                      num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
     opts = GridOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
                        threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir))
     outcome = evaluate_grid(opts, render=render_files, hooks=Hooks(progress=progress, on_grid=_echo_grid,
@@ -309,6 +320,7 @@ def run(
     lambada_max_examples: Annotated[int, typer.Option(help="LAMBADA examples to score (0 = skip LAMBADA).")] = 0,
     temperatures: TempsOpt = DEFAULT_TEMPERATURES,
     top_ks: TopKsOpt = DEFAULT_TOP_KS,
+    top_ps: TopPsOpt = DEFAULT_TOP_PS,
     seeds: SeedsOpt = DEFAULT_SEEDS,
     num_prompts: NumPromptsOpt = DEFAULT_GRID.num_prompts,
     prompt_tokens: PromptTokensOpt = DEFAULT_GRID.prompt_tokens,
@@ -335,8 +347,9 @@ def run(
     from gpt2xl.evaluation import default_eval_model, evaluate_run
     from gpt2xl_app.eval_report import render_files
 
-    cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, seeds=seeds, num_prompts=num_prompts,
-                      prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
+                      num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
     opts = RunOptions(
         model=model or default_eval_model(), data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
         threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir),

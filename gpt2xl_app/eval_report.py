@@ -2,9 +2,12 @@
 
 Every table and plot takes its metrics from :data:`gpt2xl.metric_table.METRICS` (titles,
 definitions, directions, formats; a heatmap per shown metric) and its settings from
-:data:`gpt2xl.metric_table.SETTINGS`; the per-setting rows (means over seeds) come from
+:data:`gpt2xl.metric_table.SETTINGS`; the per-setting rows (over their seeds) come from
 :func:`gpt2xl.evaluation.summary_rows`, and an interval stored with a row is shown beside its
-value (tables), as an error bar (the scatter) and as a ± half-width (heatmaps). The document is
+value (tables), as an error bar (the scatter) and as a ± half-width (heatmaps). Heatmaps are
+temperature x top-k, one set per top-p. The report table marks the values that differ
+significantly from their neighbour along an axis (:data:`MARKERS`, from eval.json's
+``neighbour_tests``) and names the test. The document is
 read and schema-checked by :func:`gpt2xl.evaluation.read_eval_doc`.
 """
 
@@ -25,12 +28,22 @@ from gpt2xl.evaluation import summary_rows
 from gpt2xl.metric_table import METRIC_BY_NAME, METRICS, SETTINGS, SHOWN_METRICS, Metric, format_value
 from gpt2xl.results import write_bytes_atomic
 
-TEMPERATURE, TOP_K = ({s.name: s for s in SETTINGS}[name] for name in ("temperature", "top_k"))  # the plots' axes
+# The plots' axes, and the setting each set of heatmaps is drawn at.
+TEMPERATURE, TOP_K, TOP_P = ({s.name: s for s in SETTINGS}[name] for name in ("temperature", "top_k", "top_p"))
 SCATTER = "eval_fluency_vs_diversity.png"
+# Neighbour-test markers of the report table, per axis: this value differs significantly from the
+# previous setting along that axis (the other settings fixed).
+MARKERS = {"temperature": "†", "top_k": "‡", "top_p": "§"}
 
 
-def heatmap_file(metric: Metric) -> str:
-    return f"eval_heatmap_{metric.name}.png"
+def heatmap_file(metric: Metric, top_p: float | None = None) -> str:
+    """The heatmap of ``metric``; ``top_p`` names the top-p of a grid with several (else None)."""
+    return f"eval_heatmap_{metric.name}.png" if top_p is None else f"eval_heatmap_{metric.name}_p{top_p:g}.png"
+
+
+def grid_top_ps(grid: dict[str, Any]) -> list[float]:
+    """The grid's top-p values, in increasing order (1.0 for a file written before top-p)."""
+    return sorted({TOP_P.of(r) for r in summary_rows(grid)})
 
 
 def short_model(eval_doc: dict[str, Any]) -> str:
@@ -46,11 +59,13 @@ def _top_k_order(k: int) -> tuple[bool, int]:
 
 
 def grid_matrix(
-    grid: dict[str, Any], metric: str
+    grid: dict[str, Any], metric: str, top_p: float | None = None
 ) -> tuple[list[float], list[int], np.ndarray, np.ndarray | None]:
-    """(temperatures, top_ks, means[t, k], half-widths[t, k] of the intervals or None when no row
-    has one) of ``metric`` from the grid's per-setting rows; NaN where a value is missing."""
-    rows = summary_rows(grid)
+    """(temperatures, top_ks, values[t, k], half-widths[t, k] of the intervals or None when no row
+    has one) of ``metric`` from the grid's per-setting rows at ``top_p`` (None: the grid's only,
+    or smallest, top-p); NaN where a value is missing."""
+    top_p = grid_top_ps(grid)[0] if top_p is None else top_p
+    rows = [r for r in summary_rows(grid) if TOP_P.of(r) == top_p]
     temps = sorted({r["temperature"] for r in rows})
     ks = sorted({r["top_k"] for r in rows}, key=_top_k_order)
     mat = np.full((len(temps), len(ks)), np.nan)
@@ -77,10 +92,11 @@ def _save_png(fig: Any, path: Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def plot_heatmap(eval_doc: dict[str, Any], metric: Metric, path: Path) -> Path:
-    """A temperature x top-k heatmap of ``metric`` (mean over seeds), annotated cell by cell, with
-    the interval's half-width under each value where the rows carry intervals."""
-    temps, ks, mat, half = grid_matrix(eval_doc["grid"], metric.name)
+def plot_heatmap(eval_doc: dict[str, Any], metric: Metric, path: Path, top_p: float | None = None) -> Path:
+    """A temperature x top-k heatmap of ``metric`` (over seeds) at ``top_p`` (see
+    :func:`grid_matrix`), annotated cell by cell, with the interval's half-width under each value
+    where the rows carry intervals."""
+    temps, ks, mat, half = grid_matrix(eval_doc["grid"], metric.name, top_p)
     shown = np.log10(mat) if metric.log_scale else mat
     fig, ax = plt.subplots(figsize=(1.3 * len(ks) + 2.8, 0.8 * len(temps) + 2.0))
     im = ax.imshow(shown, cmap="viridis", aspect="auto", origin="lower")
@@ -101,7 +117,8 @@ def plot_heatmap(eval_doc: dict[str, Any], metric: Metric, path: Path) -> Path:
             color = "black" if np.isfinite(shown[i, j]) and shown[i, j] > mid else "white"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
     seeds = eval_doc["grid"]["config"]["seeds"]
-    ax.set_title(f"{metric.title} ({short_model(eval_doc)}; {metric.direction})\nmean over seeds {seeds}",
+    at_p = "" if top_p is None else f", top-p {TOP_P.format(top_p)}"
+    ax.set_title(f"{metric.title} ({short_model(eval_doc)}; {metric.direction})\nover seeds {seeds}{at_p}",
                  fontsize=9)
     return _save_png(fig, path)
 
@@ -111,22 +128,29 @@ def plot_fluency_vs_diversity(eval_doc: dict[str, Any], path: Path) -> Path:
     (error bars where the rows carry intervals), and the dataset's human continuations as a star."""
     grid = eval_doc["grid"]
     x_metric, y_metric = METRIC_BY_NAME["distinct_2"], METRIC_BY_NAME["generation_perplexity"]
-    temps, ks, d2, d2_half = grid_matrix(grid, x_metric.name)
-    _, _, ppl, ppl_half = grid_matrix(grid, y_metric.name)
     fig, ax = plt.subplots(figsize=(8, 6))
     cmap = plt.get_cmap("coolwarm")
-    for i, t in enumerate(temps):
-        color = cmap(i / max(1, len(temps) - 1))
-        xs, ys = d2[i], ppl[i]
-        ax.scatter(xs, ys, color=color, label=f"T={t:g}", s=40, edgecolor="black", linewidth=0.5, zorder=3)
-        if d2_half is not None or ppl_half is not None:
-            ax.errorbar(xs, ys, xerr=None if d2_half is None else np.nan_to_num(d2_half[i]),
-                        yerr=None if ppl_half is None else np.nan_to_num(ppl_half[i]),
-                        fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=2)
-        for j, k in enumerate(ks):
-            if np.isfinite(xs[j]) and np.isfinite(ys[j]):
-                ax.annotate(f"T={t:g},k={TOP_K.format(k)}", (xs[j], ys[j]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+    top_ps = grid_top_ps(grid)
+    markers = "osD^vP*X"
+    has_bars = False
+    for n, p in enumerate(top_ps):
+        temps, ks, d2, d2_half = grid_matrix(grid, x_metric.name, p)
+        _, _, ppl, ppl_half = grid_matrix(grid, y_metric.name, p)
+        has_bars = has_bars or d2_half is not None or ppl_half is not None
+        p_label = f",p={TOP_P.format(p)}" if len(top_ps) > 1 else ""
+        for i, t in enumerate(temps):
+            color = cmap(i / max(1, len(temps) - 1))
+            xs, ys = d2[i], ppl[i]
+            ax.scatter(xs, ys, color=color, label=f"T={t:g}{p_label}", s=40, edgecolor="black", linewidth=0.5,
+                       zorder=3, marker=markers[n % len(markers)])
+            if d2_half is not None or ppl_half is not None:
+                ax.errorbar(xs, ys, xerr=None if d2_half is None else np.nan_to_num(d2_half[i]),
+                            yerr=None if ppl_half is None else np.nan_to_num(ppl_half[i]),
+                            fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=2)
+            for j, k in enumerate(ks):
+                if np.isfinite(xs[j]) and np.isfinite(ys[j]):
+                    ax.annotate(f"T={t:g},k={TOP_K.format(k)}{p_label}", (xs[j], ys[j]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
     human = grid.get("human")
     if human and human.get(y_metric.name):
         ax.scatter([human[x_metric.name]], [human[y_metric.name]], marker="*", s=250, color="gold",
@@ -134,20 +158,24 @@ def plot_fluency_vs_diversity(eval_doc: dict[str, Any], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel(f"{x_metric.title} (corpus-level unique bigrams / bigrams): diversity →")
     ax.set_ylabel(f"{y_metric.title} under the model (log): ← fluency")
-    bars = "; bars: 95% intervals" if d2_half is not None or ppl_half is not None else ""
+    bars = "; bars: 95% intervals" if has_bars else ""
     ax.set_title(f"Fluency vs diversity per setting ({short_model(eval_doc)} on {grid['config']['dataset']}, "
-                 f"mean over seeds {grid['config']['seeds']}{bars})", fontsize=9)
+                 f"over seeds {grid['config']['seeds']}{bars})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save_png(fig, path)
 
 
 def write_eval_plots(eval_doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """A heatmap per shown metric and the scatter into ``out_dir``; returns the files written
-    (none without a grid)."""
+    """A heatmap per shown metric (one set per top-p, the files suffixed with it when the grid has
+    several) and the scatter into ``out_dir``; returns the files written (none without a grid)."""
     if not eval_doc.get("grid") or not eval_doc["grid"]["cells"]:
         return []
-    paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m)) for m in SHOWN_METRICS]
+    top_ps = grid_top_ps(eval_doc["grid"])
+    if len(top_ps) == 1:
+        paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m)) for m in SHOWN_METRICS]
+    else:
+        paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m, p), p) for p in top_ps for m in SHOWN_METRICS]
     paths.append(plot_fluency_vs_diversity(eval_doc, out_dir / SCATTER))
     return paths
 
@@ -211,19 +239,68 @@ def _lambada_lines(lam: dict[str, Any]) -> list[str]:
     return ["### LAMBADA", "", summary, ""]
 
 
-def _cell(metric: Metric, row_metrics: dict[str, Any], intervals: dict[str, Any] | None) -> str:
-    return format_value(metric, row_metrics.get(metric.name), (intervals or {}).get(metric.name))
+def _cell(metric: Metric, row_metrics: dict[str, Any], intervals: dict[str, Any] | None, marks: str = "") -> str:
+    return format_value(metric, row_metrics.get(metric.name), (intervals or {}).get(metric.name)) + marks
+
+
+def _settings_key(settings: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(s.of(settings) for s in SETTINGS)
+
+
+def _significant_marks(grid: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, str]]:
+    """{setting: {metric: markers}}: the axes along which the setting's value differs significantly
+    from the previous setting's (see :data:`MARKERS`)."""
+    marks: dict[tuple[Any, ...], dict[str, str]] = {}
+    for t in (grid.get("neighbour_tests") or {}).get("comparisons", []):
+        if t["significant"]:
+            row = marks.setdefault(_settings_key(t["right"]), {})
+            row[t["metric"]] = row.get(t["metric"], "") + MARKERS.get(t["axis"], "*")
+    return marks
+
+
+def _significance_lines(grid: dict[str, Any]) -> list[str]:
+    tests = grid.get("neighbour_tests")
+    if not tests or not tests["comparisons"]:
+        return []
+    comparisons = tests["comparisons"]
+    significant = [t for t in comparisons if t["significant"]]
+    axes = ", ".join(f"{marker} {next(s.title for s in SETTINGS if s.name == axis)}"
+                     for axis, marker in MARKERS.items() if any(t["axis"] == axis for t in comparisons))
+    lines = [
+        (f"Neighbour differences ({axes}) mark a value that differs significantly from the previous setting along "
+         f"that axis, the other settings fixed: {len(significant)} of {len(comparisons)} comparisons. Test: "
+         f"{tests['test']}."),
+        "",
+    ]
+    if significant:
+        lines += ["<details><summary>Significant neighbour differences (difference [95% interval], p)</summary>",
+                  "", "| metric | from | to | difference | p |", "|---|---|---|---:|---:|"]
+        for t in significant:
+            m = METRIC_BY_NAME[t["metric"]]
+            fmt = ".1f" if m.fmt == "d" else m.fmt
+            named = [", ".join(f"{s.label}={s.format(s.of(side))}" for s in SETTINGS)
+                     for side in (t["left"], t["right"])]
+            lines.append(f"| {m.title} | {named[0]} | {named[1]} | {format(t['difference'], fmt)} "
+                         f"[{format(t['low'], fmt)}, {format(t['high'], fmt)}] | {t['p_value']:.3f} |")
+        lines += ["", "</details>", ""]
+    return lines
 
 
 def _grid_lines(grid: dict[str, Any], out_dir: Path) -> list[str]:
     cfg = grid["config"]
-    rows = sorted(summary_rows(grid), key=lambda r: (r["temperature"], _top_k_order(r["top_k"])))
+    rows = sorted(summary_rows(grid), key=lambda r: (TOP_P.of(r), r["temperature"], _top_k_order(r["top_k"])))
     has_intervals = any(r.get("intervals") for r in rows) or bool(grid.get("human_intervals"))
+    info = grid.get("intervals")
+    how = (f" with [95% interval] (cluster bootstrap over prompts, {info['n_resamples']} resamples, "
+           f"{info.get('weighted_resamples', info['n_resamples'])} for self-BLEU and Zipf, "
+           f"resampler seed {info['seed']})" if info else " with [95% interval]") if has_intervals else ""
+    value = ("Values are over all seeds' samples, distinct-n and self-BLEU within each seed's cell (the sample size of "
+             "the human row)" if info else "Values are means over seeds")
     setup = (f"{cfg['num_prompts']} prompts of {cfg['prompt_tokens']} tokens cut at evenly spaced offsets of "
              f"{cfg['dataset']}'s eval split, {cfg['max_new_tokens']} new tokens each, seeds {cfg['seeds']}, "
              f"batch {cfg['batch_size']}; {len(grid['cells'])} cells in {grid['seconds']:.1f} s. "
-             "Values are means over seeds" + (" with [95% interval]" if has_intervals else "") +
-             "; every seed's cell, the per-sample distinct-n and the counts are in the CSV.")
+             f"{value}{how}; every seed's cell, the per-sample distinct-n and the counts are in the CSV.")
+    marks = _significant_marks(grid)
     lines = [
         "### Sampling grid",
         "",
@@ -233,20 +310,26 @@ def _grid_lines(grid: dict[str, Any], out_dir: Path) -> list[str]:
         "|" + "---:|" * (len(SETTINGS) + len(SHOWN_METRICS)),
     ]
     for r in rows:
-        settings = [s.format(r[s.name]) for s in SETTINGS]
-        lines.append("| " + " | ".join([*settings, *(_cell(m, r["metrics"], r.get("intervals"))
-                                                      for m in SHOWN_METRICS)]) + " |")
+        settings = [s.format(s.of(r)) for s in SETTINGS]
+        row_marks = marks.get(_settings_key(r), {})
+        values = [_cell(m, r["metrics"], r.get("intervals"), row_marks.get(m.name, "")) for m in SHOWN_METRICS]
+        lines.append("| " + " | ".join([*settings, *values]) + " |")
     human = grid.get("human")
     if human:
         label = ["human text", *("" for _ in SETTINGS[1:])]
         lines.append("| " + " | ".join([*label, *(_cell(m, human, grid.get("human_intervals"))
                                                   for m in SHOWN_METRICS)]) + " |")
-    lines += ["", "Metrics (direction; definition):", ""]
+    lines.append("")
+    lines += _significance_lines(grid)
+    lines += ["Metrics (direction; definition):", ""]
     lines += [f"- **{m.title}** ({m.direction}): {m.definition}" for m in METRICS if m.shown]
     lines.append("")
     if (out_dir / SCATTER).exists():
         lines += [f"![fluency vs diversity]({SCATTER})", ""]
-    lines += [f"![{m.title}]({heatmap_file(m)})" for m in SHOWN_METRICS if (out_dir / heatmap_file(m)).exists()]
+    top_ps = grid_top_ps(grid)
+    files = [(m, None) for m in SHOWN_METRICS] if len(top_ps) == 1 else [(m, p) for p in top_ps for m in SHOWN_METRICS]
+    lines += [f"![{m.title}{'' if p is None else f' (top-p {TOP_P.format(p)})'}]({heatmap_file(m, p)})"
+              for m, p in files if (out_dir / heatmap_file(m, p)).exists()]
     lines.append("")
     first_seed = cfg["seeds"][0]
     examples = [c for c in grid["cells"] if c.get("example_texts") and c["seed"] == first_seed]
@@ -254,7 +337,7 @@ def _grid_lines(grid: dict[str, Any], out_dir: Path) -> list[str]:
         lines += [f"<details><summary>Example continuations (first sample per cell, seed {first_seed})</summary>", ""]
         for c in examples:
             text = c["example_texts"][0].replace("\n", " ⏎ ").replace("|", "\\|")
-            named = ", ".join(f"{s.label}={s.format(c[s.name])}" for s in SETTINGS)
+            named = ", ".join(f"{s.label}={s.format(s.of(c))}" for s in SETTINGS)
             lines.append(f"- **{named}**: {text[:300]}")
         lines += ["", "</details>", ""]
     return lines

@@ -35,6 +35,9 @@ def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["eval", "grid", "--run-dir", "{tmp}", "--temperatures", "0.5,hot"], "--temperatures"),
         (["eval", "grid", "--run-dir", "{tmp}", "--temperatures", "-1"], "temperatures"),
         (["eval", "grid", "--run-dir", "{tmp}", "--top-ks", "5,x"], "--top-ks"),
+        (["eval", "grid", "--run-dir", "{tmp}", "--top-ps", "0.9,0"], "--top-ps"),
+        (["eval", "run", "--run-dir", "{tmp}", "--top-ps", "1.5"], "--top-ps"),
+        (["eval", "grid", "--run-dir", "{tmp}", "--top-ps", "0.9,0.90"], "twice"),
         (["eval", "grid", "--run-dir", "{tmp}", "--dataset", "imdb"], "Unknown dataset"),
         (["eval", "perplexity", "--dataset", "tinyshakespeare", "--data-dir", "{tmp}/nowhere"], "not a directory"),
         (["eval", "perplexity", "--dataset", "tinyshakespeare", "--data-dir", "{tmp}"], "does not exist"),
@@ -125,11 +128,13 @@ def test_grid_and_run_read_the_one_default_grid():
     commands = typer.main.get_command(eval_app).commands  # type: ignore[attr-defined]
     for name in ("grid", "run"):
         d = {p.name: p.default for p in commands[name].params}
-        cfg = grid_config(dataset=d["dataset"], temperatures=d["temperatures"], top_ks=d["top_ks"], seeds=d["seeds"],
-                          num_prompts=d["num_prompts"], prompt_tokens=d["prompt_tokens"],
+        cfg = grid_config(dataset=d["dataset"], temperatures=d["temperatures"], top_ks=d["top_ks"],
+                          top_ps=d["top_ps"], seeds=d["seeds"], num_prompts=d["num_prompts"],
+                          prompt_tokens=d["prompt_tokens"],
                           max_new_tokens=d["max_new_tokens"], batch_size=d["batch_size"])
         assert cfg == DEFAULT_GRID, name
     assert DEFAULT_GRID.seeds == (0, 1, 2)
+    assert DEFAULT_GRID.top_ps == (1.0,)  # top-p off by default: the cells are those of a grid without it
 
 
 def test_every_consumer_takes_its_metrics_from_the_table(monkeypatch, capsys, tmp_path):
@@ -144,11 +149,11 @@ def test_every_consumer_takes_its_metrics_from_the_table(monkeypatch, capsys, tm
     assert list(EVAL_SCHEMA["grid"].node["cells"][0]["metrics"]) == names  # type: ignore[attr-defined]
     header = grid_csv(doc).splitlines()[0].split(",")
     bounds = [f"{m.name}_{side}" for m in SHOWN_METRICS for side in ("low", "high")]
-    assert header == ["source", "temperature", "top_k", "seed", "seconds", *names, *bounds]
-    assert grid_table(doc["grid"])[0].split() == ["T", "k", "seeds", *(m.label for m in SHOWN_METRICS)]
+    assert header == ["source", "temperature", "top_k", "top_p", "seed", "seconds", *names, *bounds]
+    assert grid_table(doc["grid"])[0].split() == ["T", "k", "p", "seeds", *(m.label for m in SHOWN_METRICS)]
     assert grid_table(doc["grid"])[0] in out  # what the command printed
     report = (tmp_path / "report.md").read_text()
-    assert "| T | top-k | " + " | ".join(m.title for m in SHOWN_METRICS) + " |" in report
+    assert "| T | top-k | top-p | " + " | ".join(m.title for m in SHOWN_METRICS) + " |" in report
     for m in SHOWN_METRICS:
         assert f"- **{m.title}** ({m.direction}): {m.definition}" in report
         assert (tmp_path / f"eval_heatmap_{m.name}.png").is_file()

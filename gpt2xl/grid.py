@@ -2,9 +2,11 @@
 
 One grid run loads nothing: the caller passes the model and the prompts, computed once, and
 :func:`run_grid` only samples and scores. Every cell (one temperature, one top-k, one top-p, one seed)
-continues the same prompts with the batched, KV-cached sampler (:func:`gpt2xl.sampling.generate`)
-under ``make_generator(seed)`` — a fresh generator per cell, consumed batch after batch in prompt
-order, so a cell is reproducible on its own and does not depend on which cells ran before it.
+continues the same prompts with the batched, KV-cached sampler (:func:`gpt2xl.sampling.generate`),
+one batch of prompts at a time. Each batch of a cell is a *shard* (:class:`Shard`) with a fresh
+generator of its own (:func:`shard_seed`: the cell's seed for the first batch), so a shard is
+reproducible on its own and does not depend on which shards ran before it, in which process, or
+on which Ray worker (:mod:`gpt2xl.distributed`).
 
 Metrics of a cell: the rows of :data:`gpt2xl.metric_table.METRICS` (name, title, one-sentence
 definition, direction, format), computed by :func:`score_samples` on GPT-2 token ids of the
@@ -23,11 +25,13 @@ NLL): the units of the bootstrap intervals and tests of :mod:`gpt2xl.grid_interv
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -349,28 +353,35 @@ def score_samples(
 ) -> CellMetrics:
     """All the metrics of ``samples`` (continuations of ``prompts``, in order): one entry per row
     of :data:`gpt2xl.metric_table.METRICS` (CellMetrics refuses a missing or unknown one)."""
-    return score_units(model, prompts, samples, batch_size=batch_size, seed=0)[0]
+    return cell_metrics(scored_units(model, prompts, samples, batch_size=batch_size, seed=0))
 
 
-def score_units(
-    model: GPT, prompts: Sequence[Prompt], samples: SampleSet, *, batch_size: int, seed: int
-) -> tuple[CellMetrics, tuple[ScoredSample, ...]]:
-    """:func:`score_samples`, and every sample with its own NLL (the cell's units, tagged with
-    ``seed``), from one scoring pass."""
-    seqs = [list(t) for t in samples.tokens]
-    d = {n: distinct_n(seqs, n) for n in (1, 2, 3)}
-    # zipf_coefficient refuses fewer than two distinct tokens (no line to fit): n/a then.
-    zipf = zipf_coefficient(seqs).coefficient if len({t for s in seqs for t in s}) >= 2 else None
+def scored_units(
+    model: GPT, prompts: Sequence[Prompt], samples: SampleSet, *, batch_size: int, seed: int, first_prompt: int = 0,
+) -> tuple[ScoredSample, ...]:
+    """Every sample of ``samples`` (continuations of ``prompts``, in order) with its own NLL under
+    ``model``, tagged with ``seed`` and its prompt's index in the grid (``first_prompt`` + its
+    position), from one scoring pass."""
+    seqs = [tuple(t) for t in samples.tokens]
     parts, _ = _continuation_nlls(model, [p.tokens for p in prompts], seqs, batch_size=batch_size)
-    # The cell's total as continuation_nll sums it (all spans in one fsum), so the metric is unchanged.
-    nll = math.fsum(v for part in parts for v, _ in part)
-    count = sum(n for part in parts for _, n in part)
-    units = tuple(
-        ScoredSample(prompt=i, seed=seed, tokens=tuple(seqs[i]), hit_eot=bool(samples.hit_eot[i]),
+    return tuple(
+        ScoredSample(prompt=first_prompt + i, seed=seed, tokens=seqs[i], hit_eot=bool(samples.hit_eot[i]),
                      nll=math.fsum(v for v, _ in part), scored=sum(n for _, n in part))
         for i, part in enumerate(parts)
     )
-    metrics = CellMetrics({
+
+
+def cell_metrics(units: Sequence[ScoredSample]) -> CellMetrics:
+    """The metrics of one cell from its scored samples alone (in prompt order): no model, so the
+    driver of a sharded run computes exactly what the single process does. Generation perplexity
+    is exp of the fsum of the samples' NLLs over their scored tokens."""
+    seqs = [list(u.tokens) for u in units]
+    d = {n: distinct_n(seqs, n) for n in (1, 2, 3)}
+    # zipf_coefficient refuses fewer than two distinct tokens (no line to fit): n/a then.
+    zipf = zipf_coefficient(seqs).coefficient if len({t for s in seqs for t in s}) >= 2 else None
+    nll = math.fsum(u.nll for u in units)
+    count = sum(u.scored for u in units)
+    return CellMetrics({
         "distinct_1": d[1].corpus,
         "distinct_2": d[2].corpus,
         "distinct_3": d[3].corpus,
@@ -381,35 +392,138 @@ def score_units(
         "zipf_coefficient": zipf,
         "repetition_rate": repetition_rate(seqs),
         "mean_length_tokens": mean_length(seqs),
-        "eot_rate": sum(samples.hit_eot) / len(samples.hit_eot) if samples.hit_eot else 0.0,
+        "eot_rate": sum(u.hit_eot for u in units) / len(units) if units else 0.0,
         "generation_perplexity": math.exp(nll / count) if count else None,
         "generated_tokens": sum(len(s) for s in seqs),
         "num_samples": len(seqs),
     })
-    return metrics, units
 
 
-def sample_cell(
-    model: GPT, prompts: Sequence[Prompt], *, temperature: float, top_k: int, seed: int, cfg: GridConfig,
-    top_p: float = 1.0,
-) -> SampleSet:
-    """Continue every prompt once under (temperature, top_k, top_p) with a fresh
-    ``make_generator(seed)`` on the model's device, ``cfg.batch_size`` prompts at a time, in
-    prompt order. top_p 1 is no nucleus cut (the sampler's p = 1 is exactly no top-p)."""
+# --------------------------------------------------------------------------------------------
+# shards: the units of work (one process runs them in order; gpt2xl.distributed spreads them)
+# --------------------------------------------------------------------------------------------
+
+# Shard seeds beyond the first are drawn from this space (torch generators take 64-bit seeds;
+# check_seed's range).
+_SHARD_SEED_SPACE = 2**63
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The generator seed of shard ``index`` of a cell seeded ``seed``: ``seed`` itself for the
+    first shard (so a cell that fits one batch samples as ``make_generator(seed)`` always did),
+    and a SHA-256 derivation of (seed, index) for the others, so each shard's random stream
+    depends only on its own identity, never on which worker or in which order it ran."""
+    check_seed("seed", seed)
+    check_int("shard index", index, minimum=0)
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"gpt2xl-shard/{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % _SHARD_SEED_SPACE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shard:
+    """One unit of grid work: prompts ``[start, stop)`` (at most one batch) of the cell
+    (temperature, top_k, top_p, seed), sampled with ``shard_seed(seed, index)``."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    index: int
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        check_int("shard index", self.index, minimum=0)
+        check_int("shard start", self.start, minimum=0)
+        check_int("shard stop", self.stop, minimum=self.start + 1)
+
+    @property
+    def cell(self) -> tuple[float, int, float, int]:
+        return (self.temperature, self.top_k, self.top_p, self.seed)
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name, unique within a grid (``repr`` of floats round-trips)."""
+        return f"T{self.temperature!r}_k{self.top_k}_p{self.top_p!r}_s{self.seed}_i{self.index}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def grid_shards(cfg: GridConfig, num_prompts: int) -> list[Shard]:
+    """Every shard of ``cfg`` over ``num_prompts`` prompts: cells in the order temperatures x
+    top_ks x top_ps x seeds (row-major), each cut into batches of ``cfg.batch_size`` prompts."""
+    check_int("num_prompts", num_prompts)
+    return [
+        Shard(temperature=float(t), top_k=int(k), top_p=float(p), seed=int(s), index=i, start=start,
+              stop=min(start + cfg.batch_size, num_prompts))
+        for t in cfg.temperatures for k in cfg.top_ks for p in cfg.top_ps for s in cfg.seeds
+        for i, start in enumerate(range(0, num_prompts, cfg.batch_size))
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardResult:
+    """A finished shard: its scored samples (prompt indices are the grid's) and seconds spent."""
+
+    shard: Shard
+    samples: tuple[ScoredSample, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"shard": self.shard.to_dict(), "seconds": self.seconds,
+                "samples": [{**asdict(u), "tokens": list(u.tokens)} for u in self.samples]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShardResult:
+        """Inverse of :meth:`to_dict` (a checkpoint read back; a malformed one raises KeyError,
+        TypeError or ValueError for the caller to report)."""
+        samples = tuple(
+            ScoredSample(prompt=int(u["prompt"]), seed=int(u["seed"]), tokens=tuple(int(t) for t in u["tokens"]),
+                         hit_eot=bool(u["hit_eot"]), nll=float(u["nll"]), scored=int(u["scored"]))
+            for u in d["samples"]
+        )
+        return cls(shard=Shard(**d["shard"]), samples=samples, seconds=float(d["seconds"]))
+
+
+def sample_shard(model: GPT, prompts: Sequence[Prompt], shard: Shard, *, cfg: GridConfig) -> SampleSet:
+    """Continue ``prompts[shard.start:shard.stop]`` once under the shard's settings, in one batch,
+    with a fresh ``make_generator(shard_seed(seed, index))`` on the model's device. top_p 1 is no
+    nucleus cut (the sampler's p = 1 is exactly no top-p)."""
     device = model.transformer.wte.weight.device
     sampling = SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=temperature, top_k=top_k or None,
-        top_p=None if top_p == 1.0 else top_p, stop_at_eot=cfg.stop_at_eot,
+        max_new_tokens=cfg.max_new_tokens, temperature=shard.temperature, top_k=shard.top_k or None,
+        top_p=None if shard.top_p == 1.0 else shard.top_p, stop_at_eot=cfg.stop_at_eot,
     )
-    generator = make_generator(seed, device)
-    tokens: list[tuple[int, ...]] = []
-    hit: list[bool] = []
-    for start in range(0, len(prompts), cfg.batch_size):
-        batch = [list(p.tokens) for p in prompts[start : start + cfg.batch_size]]
-        out = generate(model, batch, sampling, generator=generator)
-        tokens.extend(tuple(t) for t in out.tokens)
-        hit.extend(out.hit_eot)
-    return SampleSet(tokens=tuple(tokens), hit_eot=tuple(hit))
+    generator = make_generator(shard_seed(shard.seed, shard.index), device)
+    out = generate(model, [list(p.tokens) for p in prompts[shard.start : shard.stop]], sampling, generator=generator)
+    return SampleSet(tokens=tuple(tuple(t) for t in out.tokens), hit_eot=tuple(out.hit_eot))
+
+
+def run_shard(model: GPT, prompts: Sequence[Prompt], shard: Shard, *, cfg: GridConfig) -> ShardResult:
+    """Sample and score one shard: what a worker does, and what the single process does per shard."""
+    t0 = time.perf_counter()
+    samples = sample_shard(model, prompts, shard, cfg=cfg)
+    units = scored_units(model, prompts[shard.start : shard.stop], samples, batch_size=cfg.batch_size,
+                         seed=shard.seed, first_prompt=shard.start)
+    return ShardResult(shard=shard, samples=units, seconds=time.perf_counter() - t0)
+
+
+# Runs shards and yields each one's result as it finishes, in any order: in process by default,
+# or on Ray actors (gpt2xl.distributed). run_grid orders the results itself.
+ShardRunner = Callable[[Sequence[Shard]], Iterable[ShardResult]]
+
+
+def local_runner(model: GPT, prompts: Sequence[Prompt], cfg: GridConfig) -> ShardRunner:
+    """A runner that runs shards one after another in this process."""
+
+    def run(shards: Sequence[Shard]) -> Iterator[ShardResult]:
+        for shard in shards:
+            yield run_shard(model, prompts, shard, cfg=cfg)
+
+    return run
 
 
 def human_reference(model: GPT, prompts: Sequence[Prompt], *, batch_size: int) -> CellMetrics:
@@ -420,9 +534,44 @@ def human_reference(model: GPT, prompts: Sequence[Prompt], *, batch_size: int) -
 def human_units(
     model: GPT, prompts: Sequence[Prompt], *, batch_size: int
 ) -> tuple[CellMetrics, tuple[ScoredSample, ...]]:
-    """:func:`human_reference` and its scored samples (seed 0: the dataset has one continuation per prompt)."""
-    samples = SampleSet(tokens=tuple(p.continuation for p in prompts), hit_eot=tuple(False for _ in prompts))
-    return score_units(model, prompts, samples, batch_size=batch_size, seed=0)
+    """:func:`human_reference` and its scored samples (seed 0: the dataset has one continuation per
+    prompt), scored a batch at a time like the shards of a cell."""
+    units: list[ScoredSample] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        samples = SampleSet(tokens=tuple(p.continuation for p in batch), hit_eot=tuple(False for _ in batch))
+        units.extend(scored_units(model, batch, samples, batch_size=batch_size, seed=0, first_prompt=start))
+    return cell_metrics(units), tuple(units)
+
+
+def assemble_cells(
+    shards: Sequence[Shard], results: Iterable[ShardResult], *, num_examples: int = 2
+) -> list[CellResult]:
+    """The cells of a grid from the results, in any order, of all its ``shards`` (:func:`grid_shards`):
+    each cell's samples in prompt order, its metrics by :func:`cell_metrics`, its seconds the sum over its
+    shards. Raises ConfigError when a shard is missing, repeated or not one of ``shards``."""
+    wanted = {s.key: s for s in shards}
+    got: dict[str, ShardResult] = {}
+    for r in results:
+        if r.shard.key not in wanted or r.shard != wanted[r.shard.key] or r.shard.key in got:
+            raise ConfigError(f"Shard result {r.shard.key} is not one of this grid's shards, or came twice.")
+        got[r.shard.key] = r
+    missing = [k for k in wanted if k not in got]
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(wanted)} grid shards have no result (first: {missing[0]}).")
+    by_cell: dict[tuple[float, int, float, int], list[ShardResult]] = {}
+    for s in shards:
+        by_cell.setdefault(s.cell, []).append(got[s.key])
+    cells = []
+    for (temperature, top_k, top_p, seed), parts in by_cell.items():
+        parts.sort(key=lambda r: r.shard.index)
+        units = tuple(u for r in parts for u in r.samples)
+        cells.append(CellResult(
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, metrics=cell_metrics(units),
+            seconds=math.fsum(r.seconds for r in parts), examples=tuple(u.tokens for u in units[:num_examples]),
+            samples=units,
+        ))
+    return cells
 
 
 def run_grid(
@@ -431,41 +580,38 @@ def run_grid(
     cfg: GridConfig,
     *,
     progress: bool = False,
-    on_cell: Callable[[CellResult], None] | None = None,
     num_examples: int = 2,
+    runner: ShardRunner | None = None,
+    done: Sequence[ShardResult] = (),
+    on_shard: Callable[[ShardResult], None] | None = None,
 ) -> list[CellResult]:
     """Sample and score every (temperature, top_k, top_p, seed) cell of ``cfg`` on ``prompts``.
 
-    Cells run in the order temperatures x top_ks x top_ps x seeds (row-major) and are returned in that
-    order. ``progress``: a tqdm bar over cells on stderr. ``on_cell`` is called after each cell
-    (e.g. to log). ``num_examples``: how many continuations per cell to keep as token ids for the
-    report. Deterministic: the same model, prompts, config and torch build give identical cells.
+    The work is cut into shards (:func:`grid_shards`: one batch of prompts of one cell, each with
+    its own generator seed, :func:`shard_seed`); ``runner`` runs them (default: in this process,
+    in order) and ``done`` holds shards already finished (a resumed run), which are not run
+    again. ``on_shard`` is called with each newly finished shard (to checkpoint it). Cells are
+    returned in the order temperatures x top_ks x top_ps x seeds (row-major), whatever order the
+    shards finished in. ``progress``: a tqdm bar over shards on stderr. ``num_examples``: how
+    many continuations per cell to keep as token ids for the report. Deterministic: the same
+    model, prompts, config and torch build give identical cells with any runner.
     """
     if not prompts:
         raise ConfigError("run_grid needs at least one prompt.")
     check_fits_context(prompt_tokens=max(len(p.tokens) for p in prompts), max_new_tokens=cfg.max_new_tokens,
                        block_size=model.config.block_size)
-    cells: list[CellResult] = []
-    combos = [(t, k, p, s) for t in cfg.temperatures for k in cfg.top_ks for p in cfg.top_ps for s in cfg.seeds]
-    with tqdm(total=len(combos), desc="grid", unit="cell", disable=not progress) as bar:
-        for temperature, top_k, top_p, seed in combos:
-            t0 = time.perf_counter()
-            samples = sample_cell(model, prompts, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                  cfg=cfg)
-            metrics, units = score_units(model, prompts, samples, batch_size=cfg.batch_size, seed=int(seed))
-            cell = CellResult(
-                temperature=float(temperature),
-                top_k=int(top_k),
-                top_p=float(top_p),
-                seed=int(seed),
-                metrics=metrics,
-                seconds=time.perf_counter() - t0,
-                examples=samples.tokens[:num_examples],
-                samples=units,
-            )
-            cells.append(cell)
-            bar.set_postfix(T=temperature, k=top_k, p=top_p, seed=seed)
+    shards = grid_shards(cfg, len(prompts))
+    finished = {r.shard.key: r for r in done}
+    todo = [s for s in shards if s.key not in finished]
+    results = list(finished.values())
+    run = runner if runner is not None else local_runner(model, prompts, cfg)
+    with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="grid", unit="shard",
+              disable=not progress) as bar:
+        for result in run(todo):
+            results.append(result)
+            if on_shard is not None:
+                on_shard(result)
+            s = result.shard
+            bar.set_postfix(T=s.temperature, k=s.top_k, p=s.top_p, seed=s.seed)
             bar.update(1)
-            if on_cell is not None:
-                on_cell(cell)
-    return cells
+    return assemble_cells(shards, results, num_examples=num_examples)

@@ -4,6 +4,8 @@ or the split)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import pytest
@@ -14,10 +16,15 @@ from gpt2xl.errors import ConfigError
 from gpt2xl.grid import (
     GridConfig,
     Prompt,
+    ShardResult,
+    assemble_cells,
     check_fits_context,
     continuation_nll,
     grid_prompts,
+    grid_shards,
     run_grid,
+    run_shard,
+    shard_seed,
 )
 from gpt2xl.model import GPT
 from tests.conftest import SHARED_DATA
@@ -112,6 +119,60 @@ def test_grid_is_deterministic_under_a_seed(tiny_shakespeare, split_ids):
     # a cell does not depend on which cells ran before it
     alone = run_grid(tiny_shakespeare.model, prompts, _cfg(top_ks=(20,), seeds=(1,)))
     assert alone[0].examples == a[3].examples and alone[0].metrics == a[3].metrics
+
+
+def test_shard_seeds_are_the_cell_seed_first_then_a_fixed_derivation():
+    assert shard_seed(7, 0) == 7  # a cell that fits one batch samples as make_generator(seed) always did
+    derived = [shard_seed(7, i) for i in range(1, 50)]
+    assert derived == [shard_seed(7, i) for i in range(1, 50)]  # pure: no state, no worker order
+    assert len(set(derived)) == 49 and 7 not in derived
+    assert shard_seed(8, 1) != shard_seed(7, 1)
+    assert all(0 <= d < 2**63 for d in derived)
+    # pinned: a change of the derivation changes every sharded grid, so it must be deliberate
+    assert shard_seed(0, 1) == int.from_bytes(hashlib.sha256(b"gpt2xl-shard/0/1").digest()[:8], "big") % 2**63
+
+
+def test_shards_give_the_same_cells_in_any_order_and_resume_skips_finished_ones(tiny_shakespeare, split_ids):
+    cfg = _cfg(temperatures=(1.0,), top_ks=(0, 20), seeds=(0, 1), batch_size=3)  # 4 prompts: shards of 3 and 1
+    prompts = grid_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
+    shards = grid_shards(cfg, len(prompts))
+    assert [(s.index, s.start, s.stop) for s in shards[:2]] == [(0, 0, 3), (1, 3, 4)] and len(shards) == 8
+    in_order = run_grid(tiny_shakespeare.model, prompts, cfg)
+
+    def backwards(todo):
+        for shard in reversed(list(todo)):
+            yield run_shard(tiny_shakespeare.model, prompts, shard, cfg=cfg)
+
+    reordered = run_grid(tiny_shakespeare.model, prompts, cfg, runner=backwards)
+    assert [c.samples for c in reordered] == [c.samples for c in in_order]
+    assert [c.metrics for c in reordered] == [c.metrics for c in in_order]
+    # the second shard of a cell is sampled with its own generator, not the first shard's leftovers
+    (cell, *_) = in_order
+    assert cell.samples[3].tokens == run_shard(tiny_shakespeare.model, prompts, shards[1], cfg=cfg).samples[0].tokens
+    # a resumed run: finished shards (read back from their JSON) are not run again
+    done = [ShardResult.from_dict(json.loads(json.dumps(run_shard(tiny_shakespeare.model, prompts, s, cfg=cfg)
+                                                         .to_dict()))) for s in shards[:5]]
+    ran = []
+
+    def counting(todo):
+        for shard in todo:
+            ran.append(shard.key)
+            yield run_shard(tiny_shakespeare.model, prompts, shard, cfg=cfg)
+
+    resumed = run_grid(tiny_shakespeare.model, prompts, cfg, runner=counting, done=done)
+    assert ran == [s.key for s in shards[5:]]
+    assert [c.metrics for c in resumed] == [c.metrics for c in in_order]
+
+
+def test_assembling_cells_refuses_missing_or_foreign_shards(tiny_shakespeare, split_ids):
+    cfg = _cfg(batch_size=2)
+    prompts = grid_prompts(split_ids, num_prompts=4, prompt_tokens=8, continuation_tokens=8)
+    shards = grid_shards(cfg, len(prompts))
+    results = [run_shard(tiny_shakespeare.model, prompts, s, cfg=cfg) for s in shards]
+    with pytest.raises(ConfigError, match="1 of 2 grid shards have no result"):
+        assemble_cells(shards, results[:1])
+    with pytest.raises(ConfigError, match="came twice"):
+        assemble_cells(shards, [*results, results[0]])
 
 
 def test_top_k_above_the_vocabulary_equals_the_whole_vocabulary(tiny_shakespeare, split_ids):

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from gpt2xl.errors import ConfigError
-from gpt2xl.grid import GridConfig, human_units, run_grid, sample_cell, score_samples
+from gpt2xl.grid import GridConfig, grid_shards, human_units, run_grid, sample_shard, score_samples
 from gpt2xl.grid_intervals import grid_statistics
 from gpt2xl.metric_table import SHOWN_METRICS
 from gpt2xl.metrics import self_bleu, self_bleu_scores
@@ -164,11 +164,17 @@ def test_two_top_p_values_give_distinct_cells_and_their_own_heatmaps(tiny_shakes
     assert "eval_heatmap_distinct_2.png" not in names
 
 
-def test_sample_cell_takes_top_p_one_as_no_cut(tiny_shakespeare, prompts):
+def test_a_shard_takes_top_p_one_as_no_cut(tiny_shakespeare, prompts):
+    from gpt2xl.sampling import SamplingConfig, generate, make_generator
+
     cfg = _cfg()
-    a = sample_cell(tiny_shakespeare.model, prompts[:2], temperature=1.0, top_k=0, seed=5, cfg=cfg)
-    b = sample_cell(tiny_shakespeare.model, prompts[:2], temperature=1.0, top_k=0, seed=5, cfg=cfg, top_p=1.0)
-    assert a == b
+    (shard, *_) = grid_shards(dataclasses.replace(cfg, temperatures=(1.0,), top_ks=(0,), top_ps=(1.0,), seeds=(5,),
+                                                  batch_size=2), len(prompts))
+    got = sample_shard(tiny_shakespeare.model, prompts, shard, cfg=cfg)
+    out = generate(tiny_shakespeare.model, [list(p.tokens) for p in prompts[:2]],
+                   SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0),
+                   generator=make_generator(5, "cpu"))
+    assert [list(t) for t in got.tokens] == [list(t) for t in out.tokens]
 
 
 @pytest.mark.parametrize(

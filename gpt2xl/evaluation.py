@@ -34,10 +34,10 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2xl import validation
 from gpt2xl.config import GPTConfig
@@ -45,11 +45,14 @@ from gpt2xl.data import Corpus, EvalSplit
 from gpt2xl.dtypes import DTYPES, check_dtype_name
 from gpt2xl.errors import ConfigError, ResultError
 from gpt2xl.grid import GridConfig, Prompt, check_fits_context
-from gpt2xl.metric_table import METRICS, SETTING_NAMES, SETTINGS, SHOWN_METRICS
+from gpt2xl.metric_table import INTERVAL_METRICS, METRICS, SETTING_NAMES, SETTINGS
 from gpt2xl.model import GPT
 from gpt2xl.results import Maybe, read_result, schema_problem
 from gpt2xl.validation import check_int, check_output_dir, check_output_file
 from gpt2xl.weights import LoadedModel
+
+if TYPE_CHECKING:
+    from gpt2xl.grid_mauve import Featurizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = REPO_ROOT.parent / "shared" / "models" / "gpt2-tiny-shakespeare"
@@ -126,6 +129,8 @@ EVAL_SCHEMA: dict[str, object] = {
         "seconds": float,
         "human": Maybe(_CELL_METRICS),
         "human_intervals": _INTERVALS,
+        "mauve": Maybe({"featurizer": str, "seed": int, "p_samples": int,
+                        "settings": [{**_SETTINGS, "score": Maybe(float), "q_samples": int}]}),
         "summary": Maybe([{**_SETTINGS, "seeds": [int], "metrics": _MEAN_METRICS, "intervals": _INTERVALS}]),
         "cells": [{**_SETTINGS, "seed": int, "seconds": float, "metrics": _CELL_METRICS, "intervals": _INTERVALS,
                    "example_texts": Maybe([str])}],
@@ -191,12 +196,12 @@ def grid_csv(eval_doc: dict[str, Any]) -> str:
     grid = eval_doc["grid"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    bounds = [f"{m.name}_{side}" for m in SHOWN_METRICS for side in ("low", "high")]
+    bounds = [f"{m.name}_{side}" for m in INTERVAL_METRICS for side in ("low", "high")]
     writer.writerow(["source", *SETTING_NAMES, "seed", "seconds", *(m.name for m in METRICS), *bounds])
 
     def values(metrics: dict[str, Any], intervals: dict[str, Any] | None) -> list[Any]:
         row = ["" if metrics.get(m.name) is None else metrics[m.name] for m in METRICS]
-        for m in SHOWN_METRICS:
+        for m in INTERVAL_METRICS:
             interval = (intervals or {}).get(m.name)
             row += [interval["low"], interval["high"]] if interval else ["", ""]
         return row
@@ -440,6 +445,13 @@ class GridOptions(CommonOptions):
     run_dir: Path | None
     keep_previous: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grid.mauve:
+            from gpt2xl.mauve import require_mauve
+
+            require_mauve()  # one line naming the extra, before any work (or run with --no-mauve)
+
     def check_output(self, resources: contextlib.ExitStack) -> None:
         from gpt2xl.results import run_dir_lock
 
@@ -645,15 +657,22 @@ def lambada_entry(
             "seconds": time.perf_counter() - t0, "result": result.to_dict()}
 
 
-def grid_entry(model: GPT, prompts: list[Prompt], cfg: GridConfig, *, progress: bool) -> dict[str, Any]:
+def grid_entry(
+    model: GPT, prompts: list[Prompt], cfg: GridConfig, *, progress: bool, featurizer: Featurizer | None = None,
+    mauve_reference: Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
     """The human reference, every cell, and one row per setting on ``prompts`` (cut from the
     split once, before loading), as one result entry, with the bootstrap intervals of every shown
     metric of every setting and of the human reference, and the neighbour tests
     (:func:`gpt2xl.grid_intervals.grid_statistics`). A setting row's shown metrics are the values
     their intervals are of (over all its seeds' samples, the overlap metrics within each seed's
-    cell); the others are means over seeds."""
+    cell); the others are means over seeds. With ``cfg.mauve``, each setting row's MAUVE
+    (:mod:`gpt2xl.grid_mauve`) against the human texts ``mauve_reference`` (default: the prompts'
+    own continuations) embedded by ``featurizer`` (default: ``model``, recorded as "the evaluated
+    model"), and the sizes and seed it was scored with under ``mauve``."""
     from gpt2xl.grid import human_units, run_grid
     from gpt2xl.grid_intervals import SIGNIFICANCE_TEST, grid_statistics, interval_dict
+    from gpt2xl.grid_mauve import Featurizer, grid_mauve, mauve_seed
     from gpt2xl.tokenizer import decode
 
     t0 = time.perf_counter()
@@ -671,6 +690,14 @@ def grid_entry(model: GPT, prompts: list[Prompt], cfg: GridConfig, *, progress: 
         for name, interval in intervals.items():
             row["metrics"][name] = interval.estimate
         row["intervals"] = {name: interval_dict(i) for name, i in intervals.items()}
+    mauve = None
+    if cfg.mauve:
+        reference = mauve_reference if mauve_reference is not None else [p.continuation for p in prompts]
+        mauve = grid_mauve(featurizer or Featurizer(name="the evaluated model", model=model), reference=reference,
+                           cells=cells, seed=mauve_seed(cfg.bootstrap_seed), batch_size=cfg.batch_size,
+                           progress=progress)
+        for row in summary:
+            row["metrics"]["mauve"] = mauve.score(settings_of(row))
     return {
         "config": cfg.to_dict(),
         "prompt_starts": [p.start for p in prompts],
@@ -683,6 +710,7 @@ def grid_entry(model: GPT, prompts: list[Prompt], cfg: GridConfig, *, progress: 
         "neighbour_tests": {"test": SIGNIFICANCE_TEST, "level": round(1 - computed.info["confidence"], 12),
                             "correction": "none", "comparisons": computed.tests},
         "interval_notes": computed.notes,
+        "mauve": None if mauve is None else mauve.to_dict(),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -827,11 +855,36 @@ def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: H
                 else doc["config"]
             doc["datasets"] = {**(previous.get("datasets") or {}), cfg.dataset: doc["dataset"]}
             hooks.note(f"kept the perplexity and LAMBADA results of {opts.run_dir / EVAL_JSON}")
-        doc["grid"] = grid_entry(loaded.model, data.prompts or [], cfg, progress=hooks.progress)
+        doc["grid"] = _grid_entry(opts, loaded, data, hooks)
         if hooks.on_grid is not None:
             hooks.on_grid(doc["grid"])
         files = write_eval_files(doc, opts.run_dir, render=render) if opts.run_dir is not None else []
         return EvalOutcome(doc=doc, files=files, seconds=time.perf_counter() - t0)
+
+
+def _grid_entry(opts: GridOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks) -> dict[str, Any]:
+    """:func:`grid_entry` of the options' grid, with MAUVE's featurizer and human texts when it
+    is on: gpt2-large when it is in the local cache (mauve-text's default featurizer), else the
+    evaluated model; as many human texts of the split as the grid has samples per setting."""
+    from gpt2xl.grid_mauve import Featurizer, human_reference_texts
+    from gpt2xl.mauve import choose_featurizer
+
+    cfg = opts.grid
+    featurizer = reference = None
+    if cfg.mauve:
+        name = choose_featurizer(opts.model)
+        if name == opts.model:
+            featurizer = Featurizer(name=f"{opts.model} (the evaluated model)", model=loaded.model)
+        else:
+            from gpt2xl.weights import load_model
+
+            hooks.note(f"MAUVE features come from {name}, found in the local cache")
+            featurizer = Featurizer(name=name, model=load_model(name, device=opts.device, dtype="fp32", seed=0).model)
+        split = data.corpora[cfg.dataset][1]
+        reference = human_reference_texts(split.token_ids, count=cfg.num_prompts * len(cfg.seeds),
+                                          length=cfg.max_new_tokens)
+    return grid_entry(loaded.model, data.prompts or [], cfg, progress=hooks.progress, featurizer=featurizer,
+                      mauve_reference=reference)
 
 
 def _reusable_perplexity(
@@ -898,7 +951,7 @@ def evaluate_run(opts: RunOptions, *, render: Renderer | None = None, hooks: Hoo
         if grid is not None:
             reused.append("the grid")
         else:
-            grid = grid_entry(loaded.model, data.prompts or [], cfg, progress=hooks.progress)
+            grid = _grid_entry(opts, loaded, data, hooks)
         doc["grid"] = grid
         doc["reused"] = _reused(reused, previous)
         doc["total_seconds"] = time.perf_counter() - t0

@@ -100,7 +100,8 @@ class GridConfig:
     ``bootstrap_seed``, ``n_resamples``, ``weighted_resamples``: the resampler of the intervals and
     neighbour tests (:mod:`gpt2xl.grid_intervals`): its seed, and the replicates per interval or
     test (``weighted_resamples`` for self-BLEU and the Zipf coefficient, which are recomputed in
-    Python on every replicate, so they get fewer)."""
+    Python on every replicate, so they get fewer). ``mauve``: score MAUVE per setting
+    (:mod:`gpt2xl.grid_mauve`, its k-means seeded from ``bootstrap_seed``; needs mauve-text)."""
 
     dataset: str
     # 16 prompts x 3 seeds = 48 continuations per setting (one seed of 32 before): the default run
@@ -114,6 +115,7 @@ class GridConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # three seeds: a seed's own spread is visible in the report
     batch_size: int = 32
     stop_at_eot: bool = True
+    mauve: bool = True
     bootstrap_seed: int = 0
     n_resamples: int = 1000
     weighted_resamples: int = 200
@@ -135,8 +137,9 @@ class GridConfig:
                 check(item)
             if len(set(value)) != len(value):
                 raise ConfigError(f"{name} must not repeat a value, got {value!r}.")
-        if not isinstance(self.stop_at_eot, bool):
-            raise ConfigError(f"stop_at_eot must be a bool, got {self.stop_at_eot!r}.")
+        for name in ("stop_at_eot", "mauve"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}.")
         check_seed("bootstrap_seed", self.bootstrap_seed)
         for name in ("n_resamples", "weighted_resamples"):
             check_int(name, getattr(self, name), minimum=min_resamples(0.95), maximum=MAX_RESAMPLES)
@@ -394,6 +397,7 @@ def cell_metrics(units: Sequence[ScoredSample]) -> CellMetrics:
         "mean_length_tokens": mean_length(seqs),
         "eot_rate": sum(u.hit_eot for u in units) / len(units) if units else 0.0,
         "generation_perplexity": math.exp(nll / count) if count else None,
+        "mauve": None,  # per setting, over all its seeds (gpt2xl.grid_mauve)
         "generated_tokens": sum(len(s) for s in seqs),
         "num_samples": len(seqs),
     })

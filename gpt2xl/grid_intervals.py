@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from gpt2xl.errors import NumericalError
 from gpt2xl.grid import CellResult, GridConfig, ScoredSample
-from gpt2xl.metric_table import SETTING_NAMES, SHOWN_METRICS
+from gpt2xl.metric_table import INTERVAL_METRICS, SETTING_NAMES
 from gpt2xl.metrics import is_repetitive, self_bleu_scores, zipf_coefficient
 from gpt2xl.stats import (
     CorpusDistinct,
@@ -154,7 +154,7 @@ def statistics() -> dict[str, Statistic[ScoredSample]]:
         "generation_perplexity": Ratio[ScoredSample](name="generation_perplexity", numerator=lambda u: u.nll,
                                        denominator=lambda u: float(u.scored), transform=np.exp),
     }
-    missing = [m.name for m in SHOWN_METRICS if m.name not in table]
+    missing = [m.name for m in INTERVAL_METRICS if m.name not in table]
     if missing:  # a shown metric added to the table without its statistic here: a bug
         raise ValueError(f"gpt2xl.grid_intervals has no bootstrap statistic for {', '.join(missing)}")
     return table
@@ -192,7 +192,7 @@ def _intervals(
     notes: list[str],
 ) -> dict[str, Interval]:
     out = {}
-    for m in SHOWN_METRICS:
+    for m in INTERVAL_METRICS:
         try:
             out[m.name] = bootstrap_interval(units, stats[m.name], cluster=_cluster,
                                              n_resamples=_resamples(m.name, cfg), seed=cfg.bootstrap_seed,
@@ -252,7 +252,7 @@ def grid_statistics(
     human_intervals = _intervals(human, stats, cfg, "the human reference", notes) if human else {}
     tests: list[dict[str, Any]] = []
     for axis, line in lines:
-        for m in SHOWN_METRICS:
+        for m in INTERVAL_METRICS:
             try:
                 found = neighbour_tests([units[k] for k in line], stats[m.name], key=_key, cluster=_cluster,
                                         n_resamples=_resamples(m.name, cfg), seed=cfg.bootstrap_seed,

@@ -90,7 +90,7 @@ def require_mauve() -> None:
     if missing:
         raise ConfigError(
             f"MAUVE needs the mauve-text package ({', '.join(missing)} not installed); install it with "
-            "`pip install 'gpt2xl[eval]'`."
+            "`pip install 'gpt2xl[eval]'`, or leave MAUVE out with --no-mauve."
         )
 
 
@@ -206,14 +206,21 @@ def _feature_matrix(name: str, features: object) -> np.ndarray:
     return array
 
 
-def _check_features_vary(p: np.ndarray, q: np.ndarray) -> None:
-    """mauve-text scales every row to unit length and runs PCA on both sets together; when all
-    rows then point the same way the variance is 0, PCA divides 0 by 0, and the score that comes
-    out is arbitrary (0.75 for two identical sets, measured). Refuse that instead."""
+def features_vary(p: np.ndarray, q: np.ndarray) -> bool:
+    """Whether MAUVE is defined on ``p`` and ``q``: mauve-text scales every row to unit length and
+    runs PCA on both sets together; when all rows then point the same way the variance is 0, PCA
+    divides 0 by 0, and the score that comes out is arbitrary (0.75 for two identical sets,
+    measured)."""
     rows = np.vstack([q, p]).astype(np.float64)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     unit = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
-    if np.allclose(unit, unit[0], rtol=0.0, atol=1e-12):
+    return not np.allclose(unit, unit[0], rtol=0.0, atol=1e-12)
+
+
+def _check_features_vary(p: np.ndarray, q: np.ndarray) -> None:
+    """Refuse feature sets on which MAUVE is undefined (:func:`features_vary`)."""
+    if not features_vary(p, q):
+        rows = np.vstack([q, p])
         raise ConfigError(
             f"All {rows.shape[0]} feature rows point the same way (MAUVE scales each to unit length), so its PCA is "
             "undefined; MAUVE needs texts whose features differ."

@@ -41,7 +41,9 @@ class Metric:
     judged against the human reference row); ``fmt``: the format spec of a value (``format(v,
     fmt)``); ``kind``: ``int`` or ``float``; ``nullable``: the value may be None (nothing to
     measure, e.g. no token generated); ``shown``: in the report table, the console table and a
-    heatmap (otherwise only in eval.json and the CSV); ``log_scale``: heatmap colours on log10.
+    heatmap (otherwise only in eval.json and the CSV); ``log_scale``: heatmap colours on log10;
+    ``per_setting``: scored once per setting over all its seeds' samples (a seed's cell and the
+    human reference hold None), with no bootstrap interval or neighbour test.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Metric:
     nullable: bool = False
     shown: bool = True
     log_scale: bool = False
+    per_setting: bool = False
 
     def __post_init__(self) -> None:
         # A malformed row is a bug in this file: ValueError, with a traceback, at import.
@@ -66,6 +69,8 @@ class Metric:
         if not self.definition.endswith("."):
             raise ValueError(f"Metric {self.name}'s definition must be one full sentence ending with a full stop.")
         format(1, self.fmt)  # a bad format spec fails here, at import, not in a report
+        if self.per_setting and not self.nullable:
+            raise ValueError(f"Metric {self.name} is scored per setting, so its cells hold None: make it nullable.")
 
     @property
     def direction(self) -> str:
@@ -154,6 +159,15 @@ METRICS: tuple[Metric, ...] = (
         higher_is_better=None, fmt=".2f", nullable=True, log_scale=True,
     ),
     Metric(
+        name="mauve", title="MAUVE", label="mauve",
+        definition=("MAUVE (Pillutla et al. 2021, mauve-text with its defaults) between human texts of the dataset "
+                    "(as many as the setting has samples, each as long as a generation) and the setting's non-empty "
+                    "samples over all its seeds, both embedded by the featurizer named in the report; comparable "
+                    "only within one featurizer and one pair of sample sizes, scored per setting (n/a for a seed's "
+                    "cell and the human row)."),
+        higher_is_better=True, fmt=".3f", nullable=True, per_setting=True,
+    ),
+    Metric(
         name="generated_tokens", title="generated tokens", label="tokens",
         definition="Tokens generated over all the cell's samples, the end-of-text token excluded.",
         higher_is_better=None, fmt="d", kind=int, shown=False,
@@ -167,6 +181,8 @@ METRICS: tuple[Metric, ...] = (
 
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 SHOWN_METRICS: tuple[Metric, ...] = tuple(m for m in METRICS if m.shown)
+# The shown metrics of each sample set (cell, setting, human reference): those with intervals and tests.
+INTERVAL_METRICS: tuple[Metric, ...] = tuple(m for m in SHOWN_METRICS if not m.per_setting)
 
 
 def check_metric_values(values: Mapping[str, object], *, where: str) -> dict[str, float | int | None]:

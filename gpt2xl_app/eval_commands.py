@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
 def grid_config(
     *, dataset: str, temperatures: str, top_ks: str, seeds: str, num_prompts: int, prompt_tokens: int,
-    max_new_tokens: int, batch_size: int, top_ps: str = "1",
+    max_new_tokens: int, batch_size: int, top_ps: str = "1", mauve: bool = True,
 ) -> GridConfig:
     """The grid the options describe; ConfigError naming the option that is wrong."""
     from gpt2xl.data import get_spec
@@ -83,6 +83,7 @@ def grid_config(
                           what="numbers in (0, 1]"),
         seeds=parse_list(seeds, name="--seeds", item=lambda s: check_seed("a seed", int(s)), what="integer seeds"),
         batch_size=batch_size,
+        mauve=mauve,
     )
 
 
@@ -246,6 +247,9 @@ def lambada(
 TempsOpt = Annotated[str, typer.Option(help="Comma-separated temperatures (0 = greedy).")]
 TopKsOpt = Annotated[str, typer.Option(help="Comma-separated top-k values (0 = the whole vocabulary).")]
 TopPsOpt = Annotated[str, typer.Option(help="Comma-separated top-p (nucleus) values in (0, 1] (1 = no nucleus cut).")]
+MauveOpt = Annotated[bool, typer.Option("--mauve/--no-mauve", help=(
+    "Score MAUVE per setting against as many human texts of the dataset (needs mauve-text: the eval extra); "
+    "features from gpt2-large when it is in the local cache, else from the evaluated model."))]
 SeedsOpt = Annotated[str, typer.Option(help="Comma-separated sampling seeds; every cell runs each.")]
 NumPromptsOpt = Annotated[int, typer.Option(help="Prompts cut from the eval split at evenly spaced offsets.")]
 PromptTokensOpt = Annotated[int, typer.Option(help="Tokens per prompt (fixed prefix length).")]
@@ -275,6 +279,7 @@ def grid(
     dtype: DtypeOpt = "fp32",
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
+    mauve: MauveOpt = True,
 ) -> None:
     """Temperature x top-k x top-p (x seeds) sampling grid → RUN_DIR/eval.json, eval_grid.csv, plots, report.md.
 
@@ -288,7 +293,7 @@ def grid(
 
     cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
                       num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size)
+                      batch_size=batch_size, mauve=mauve)
     opts = GridOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
                        threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir))
     outcome = evaluate_grid(opts, render=render_files, hooks=Hooks(progress=progress, on_grid=_echo_grid,
@@ -335,6 +340,7 @@ def run(
     dtype: DtypeOpt = "fp32",
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
+    mauve: MauveOpt = True,
 ) -> None:
     """The full evaluation `nox -s eval` runs: perplexity, optional LAMBADA, the default grid, report.
 
@@ -349,7 +355,7 @@ def run(
 
     cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
                       num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size)
+                      batch_size=batch_size, mauve=mauve)
     opts = RunOptions(
         model=model or default_eval_model(), data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
         threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir),

@@ -166,16 +166,24 @@ def plot_fluency_vs_diversity(eval_doc: dict[str, Any], path: Path) -> Path:
     return _save_png(fig, path)
 
 
+def measured_metrics(grid: dict[str, Any]) -> list[Metric]:
+    """The shown metrics with a value in at least one setting row (MAUVE is absent from a grid run
+    without it, or from a file written before it)."""
+    rows = summary_rows(grid)
+    return [m for m in SHOWN_METRICS if any(r["metrics"].get(m.name) is not None for r in rows)]
+
+
 def write_eval_plots(eval_doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """A heatmap per shown metric (one set per top-p, the files suffixed with it when the grid has
+    """A heatmap per measured shown metric (one set per top-p, the files suffixed with it when the grid has
     several) and the scatter into ``out_dir``; returns the files written (none without a grid)."""
     if not eval_doc.get("grid") or not eval_doc["grid"]["cells"]:
         return []
     top_ps = grid_top_ps(eval_doc["grid"])
+    metrics = measured_metrics(eval_doc["grid"])
     if len(top_ps) == 1:
-        paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m)) for m in SHOWN_METRICS]
+        paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m)) for m in metrics]
     else:
-        paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m, p), p) for p in top_ps for m in SHOWN_METRICS]
+        paths = [plot_heatmap(eval_doc, m, out_dir / heatmap_file(m, p), p) for p in top_ps for m in metrics]
     paths.append(plot_fluency_vs_diversity(eval_doc, out_dir / SCATTER))
     return paths
 
@@ -258,6 +266,28 @@ def _significant_marks(grid: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, 
     return marks
 
 
+def _mauve_lines(grid: dict[str, Any]) -> list[str]:
+    mauve = grid.get("mauve")
+    if not mauve:
+        return ["MAUVE was not scored in this run (`--no-mauve`, or a file written before it).", ""]
+    sizes = sorted({s["q_samples"] for s in mauve["settings"]})
+    q = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    clusters = sorted({s["num_clusters"] for s in mauve["settings"] if s.get("num_clusters") is not None})
+    lines = [(f"MAUVE: featurizer {mauve['featurizer']}, P = {mauve['p_samples']} human texts of the dataset, "
+             f"Q = {q} non-empty samples per setting (all seeds), {', '.join(map(str, clusters)) or 'no'} k-means "
+             f"clusters, k-means seed {mauve['seed']}; no interval (a replicate would refit the clustering). "
+             f"{mauve.get('comparable', '')}"), ""]
+    for s in mauve["settings"]:
+        if s.get("note") or s.get("left_out_empty"):
+            named = ", ".join(f"{t.label}={t.format(t.of(s))}" for t in SETTINGS)
+            why = s.get("note") or ""
+            left = f"{s['left_out_empty']} empty samples left out" if s.get("left_out_empty") else ""
+            lines.append(f"- {named}: {'; '.join(x for x in (why, left) if x)}")
+    if lines[-1] != "":
+        lines.append("")
+    return lines
+
+
 def _significance_lines(grid: dict[str, Any]) -> list[str]:
     tests = grid.get("neighbour_tests")
     if not tests or not tests["comparisons"]:
@@ -321,13 +351,15 @@ def _grid_lines(grid: dict[str, Any], out_dir: Path) -> list[str]:
                                                   for m in SHOWN_METRICS)]) + " |")
     lines.append("")
     lines += _significance_lines(grid)
+    lines += _mauve_lines(grid)
     lines += ["Metrics (direction; definition):", ""]
     lines += [f"- **{m.title}** ({m.direction}): {m.definition}" for m in METRICS if m.shown]
     lines.append("")
     if (out_dir / SCATTER).exists():
         lines += [f"![fluency vs diversity]({SCATTER})", ""]
     top_ps = grid_top_ps(grid)
-    files = [(m, None) for m in SHOWN_METRICS] if len(top_ps) == 1 else [(m, p) for p in top_ps for m in SHOWN_METRICS]
+    shown = measured_metrics(grid)
+    files = [(m, None) for m in shown] if len(top_ps) == 1 else [(m, p) for p in top_ps for m in shown]
     lines += [f"![{m.title}{'' if p is None else f' (top-p {TOP_P.format(p)})'}]({heatmap_file(m, p)})"
               for m, p in files if (out_dir / heatmap_file(m, p)).exists()]
     lines.append("")

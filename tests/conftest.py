@@ -41,3 +41,21 @@ def tiny_shakespeare(tiny_shakespeare_dir):
     from gpt2xl.weights import load_model
 
     return load_model(str(tiny_shakespeare_dir))
+
+
+@pytest.fixture(scope="session")
+def eot_model():
+    """A model whose next token is <|endoftext|> with probability ~1 at every position:
+    ln_f outputs the constant e_0 and only the EOT embedding row has a component along e_0."""
+    import torch
+
+    from gpt2xl.config import EOT_TOKEN_ID, GPTConfig
+    from gpt2xl.model import GPT
+
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=16)).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+        model.transformer.wte.weight[EOT_TOKEN_ID, 0] = 100.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    return model

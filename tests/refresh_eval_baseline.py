@@ -1,8 +1,9 @@
 """Recompute the eval regression baseline ``tests/baselines/eval_tiny.json``.
 
 The baseline pins the eval metrics of ``../shared/models/gpt2-tiny-shakespeare`` at a fixed seed
-on a small grid (2 temperatures x 2 top-k, 8 prompts, 32 new tokens) plus a short sliding-window
-perplexity; ``tests/test_eval_regression.py`` recomputes them and fails on a change beyond
+on a small grid (2 temperatures x 2 top-k x 2 top-p, 8 prompts, 32 new tokens: every cell's
+metrics, every setting's shown metrics with MAUVE and their interval bounds) plus a short
+sliding-window perplexity; ``tests/test_eval_regression.py`` recomputes them and fails on a change beyond
 tolerance. Refresh it ONLY for an intended change (a metric's definition, the sampler's random
 stream, the model code), review the diff of the JSON, and commit it with that change:
 
@@ -35,6 +36,7 @@ SETUP: dict[str, Any] = {
         "max_new_tokens": 32,
         "temperatures": [0.7, 1.3],
         "top_ks": [0, 20],
+        "top_ps": [1.0, 0.9],
         "seeds": [0],
         "batch_size": 8,
         "stop_at_eot": True,
@@ -48,7 +50,7 @@ ABS_TOL = 1e-6
 
 
 def compute(setup: dict[str, Any]) -> dict[str, Any]:
-    """The metrics ``setup`` describes: {"perplexity": {...}, "cells": {"T=..,k=..,seed=..": {...}},
+    """The metrics ``setup`` describes: {"perplexity": {...}, "cells": {"T=..,k=..,p=..,seed=..": {...}},
     "human": {...}}, computed by the library pipeline `gpt2xl eval run` calls
     (:func:`gpt2xl.evaluation.evaluate_run`), without a run directory."""
     from gpt2xl.evaluation import RunOptions, evaluate_run
@@ -63,9 +65,15 @@ def compute(setup: dict[str, Any]) -> dict[str, Any]:
     doc = evaluate_run(opts).doc
     return {
         "perplexity": doc["perplexity"][0]["result"],
-        "cells": {f"T={c['temperature']:g},k={c['top_k']},seed={c['seed']}": c["metrics"]
+        "cells": {f"T={c['temperature']:g},k={c['top_k']},p={c['top_p']:g},seed={c['seed']}": c["metrics"]
                   for c in doc["grid"]["cells"]},
         "human": doc["grid"]["human"],
+        # per setting: the values shown (MAUVE among them) and their 95% interval bounds
+        "settings": {f"T={r['temperature']:g},k={r['top_k']},p={r['top_p']:g}": {
+            "metrics": r["metrics"],
+            "intervals": {name: [i["low"], i["high"]] for name, i in r["intervals"].items()},
+        } for r in doc["grid"]["summary"]},
+        "mauve_p_samples": doc["grid"]["mauve"]["p_samples"],
     }
 
 

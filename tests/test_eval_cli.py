@@ -139,7 +139,7 @@ def test_grid_and_run_read_the_one_default_grid():
 
 def test_every_consumer_takes_its_metrics_from_the_table(monkeypatch, capsys, tmp_path):
     from gpt2xl.evaluation import EVAL_SCHEMA, grid_csv
-    from gpt2xl.metric_table import METRICS, SHOWN_METRICS
+    from gpt2xl.metric_table import INTERVAL_METRICS, METRICS, SHOWN_METRICS
     from gpt2xl_app.eval_commands import grid_table
 
     doc, out, _ = _run(monkeypatch, capsys, tmp_path)
@@ -148,7 +148,7 @@ def test_every_consumer_takes_its_metrics_from_the_table(monkeypatch, capsys, tm
     assert list(doc["grid"]["human"]) == names
     assert list(EVAL_SCHEMA["grid"].node["cells"][0]["metrics"]) == names  # type: ignore[attr-defined]
     header = grid_csv(doc).splitlines()[0].split(",")
-    bounds = [f"{m.name}_{side}" for m in SHOWN_METRICS for side in ("low", "high")]
+    bounds = [f"{m.name}_{side}" for m in INTERVAL_METRICS for side in ("low", "high")]
     assert header == ["source", "temperature", "top_k", "top_p", "seed", "seconds", *names, *bounds]
     assert grid_table(doc["grid"])[0].split() == ["T", "k", "p", "seeds", *(m.label for m in SHOWN_METRICS)]
     assert grid_table(doc["grid"])[0] in out  # what the command printed

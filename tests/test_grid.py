@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from gpt2xl.config import EOT_TOKEN_ID, GPTConfig
+from gpt2xl.config import GPTConfig
 from gpt2xl.errors import ConfigError
 from gpt2xl.grid import (
     GridConfig,
@@ -35,19 +35,6 @@ def split_ids() -> list[int]:
     from gpt2xl.data import eval_split, load_corpus
 
     return list(eval_split(load_corpus("tinyshakespeare", data_dir=SHARED_DATA)).token_ids)
-
-
-@pytest.fixture(scope="module")
-def eot_model() -> GPT:
-    """A model whose next token is <|endoftext|> with probability ~1 at every position:
-    ln_f outputs the constant e_0 and only the EOT embedding row has a component along e_0."""
-    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=16)).eval()
-    with torch.no_grad():
-        model.transformer.wte.weight.zero_()
-        model.transformer.wte.weight[EOT_TOKEN_ID, 0] = 100.0
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    return model
 
 
 def _cfg(**kw) -> GridConfig:

@@ -13,7 +13,7 @@ import pytest
 from gpt2xl.errors import ConfigError
 from gpt2xl.grid import GridConfig, grid_shards, human_units, run_grid, sample_shard, score_samples
 from gpt2xl.grid_intervals import grid_statistics
-from gpt2xl.metric_table import SHOWN_METRICS
+from gpt2xl.metric_table import INTERVAL_METRICS, SHOWN_METRICS
 from gpt2xl.metrics import self_bleu, self_bleu_scores
 from tests.conftest import SHARED_DATA
 
@@ -48,7 +48,7 @@ def test_every_shown_metric_of_every_setting_and_the_human_row_has_an_interval_a
     rows = [*((r["metrics"], r["intervals"]) for r in grid["summary"]), (grid["human"], grid["human_intervals"])]
     assert len(rows) == 3
     for values, intervals in rows:
-        assert set(intervals) == {m.name for m in SHOWN_METRICS}
+        assert set(intervals) == {m.name for m in INTERVAL_METRICS}
         for name, interval in intervals.items():
             assert interval["low"] <= interval["estimate"] <= interval["high"], (name, interval)
             assert math.isclose(values[name], interval["estimate"], rel_tol=1e-12), name
@@ -96,10 +96,10 @@ def test_the_csv_carries_each_interval_of_eval_json(grid):
     assert len(means) == len(grid["summary"]) == 2
     for row, summary in zip(means, grid["summary"], strict=True):
         assert float(row["temperature"]) == summary["temperature"] and float(row["top_p"]) == 1.0
-        for m in SHOWN_METRICS:
+        for m in INTERVAL_METRICS:
             for side in ("low", "high"):
                 assert float(row[f"{m.name}_{side}"]) == summary["intervals"][m.name][side]
-    for m in SHOWN_METRICS:
+    for m in INTERVAL_METRICS:
         assert float(human[f"{m.name}_low"]) == grid["human_intervals"][m.name]["low"]
 
 
@@ -109,7 +109,7 @@ def test_clearly_different_temperatures_differ_significantly(grid):
     assert tests["correction"] == "none" and tests["level"] == 0.05
     comparisons = tests["comparisons"]
     assert {t["axis"] for t in comparisons} == {"temperature"}  # one top-k, one top-p: no other axis
-    assert len(comparisons) == len(SHOWN_METRICS)
+    assert len(comparisons) == len(INTERVAL_METRICS)
     (d2,) = [t for t in comparisons if t["metric"] == "distinct_2"]
     assert (d2["left"]["temperature"], d2["right"]["temperature"]) == (0.3, 1.5)
     assert d2["significant"] and d2["p_value"] < 0.05 and d2["low"] > 0  # more diverse at 1.5
@@ -121,7 +121,7 @@ def test_identical_settings_do_not_differ_significantly(tiny_shakespeare, prompt
     cells = run_grid(tiny_shakespeare.model, prompts, cfg)
     computed = grid_statistics(cells, (), cfg)
     assert computed.human == {}
-    assert {t["axis"] for t in computed.tests} == {"top_k"} and len(computed.tests) == len(SHOWN_METRICS)
+    assert {t["axis"] for t in computed.tests} == {"top_k"} and len(computed.tests) == len(INTERVAL_METRICS)
     for t in computed.tests:
         assert not t["significant"] and t["p_value"] == 1.0 and t["difference"] == 0.0, t
 

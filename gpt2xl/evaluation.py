@@ -855,17 +855,20 @@ def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: H
                 else doc["config"]
             doc["datasets"] = {**(previous.get("datasets") or {}), cfg.dataset: doc["dataset"]}
             hooks.note(f"kept the perplexity and LAMBADA results of {opts.run_dir / EVAL_JSON}")
-        doc["grid"] = _grid_entry(opts, loaded, data, hooks)
+        doc["grid"] = _grid_entry(opts, loaded, data, hooks, model=doc["model"])
         if hooks.on_grid is not None:
             hooks.on_grid(doc["grid"])
         files = write_eval_files(doc, opts.run_dir, render=render) if opts.run_dir is not None else []
         return EvalOutcome(doc=doc, files=files, seconds=time.perf_counter() - t0)
 
 
-def _grid_entry(opts: GridOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks) -> dict[str, Any]:
+def _grid_entry(
+    opts: GridOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks, *, model: dict[str, Any]
+) -> dict[str, Any]:
     """:func:`grid_entry` of the options' grid, with MAUVE's featurizer and human texts when it
     is on: gpt2-large when it is in the local cache (mauve-text's default featurizer), else the
-    evaluated model; as many human texts of the split as the grid has samples per setting."""
+    evaluated model; as many human texts of the split as the grid has samples per setting. A
+    preset's published values and notes on ``model`` (the run's provenance) go with it."""
     from gpt2xl.grid_mauve import Featurizer, human_reference_texts
     from gpt2xl.mauve import choose_featurizer
 
@@ -883,8 +886,13 @@ def _grid_entry(opts: GridOptions, loaded: LoadedModel, data: EvalData, hooks: H
         split = data.corpora[cfg.dataset][1]
         reference = human_reference_texts(split.token_ids, count=cfg.num_prompts * len(cfg.seeds),
                                           length=cfg.max_new_tokens)
-    return grid_entry(loaded.model, data.prompts or [], cfg, progress=hooks.progress, featurizer=featurizer,
-                      mauve_reference=reference)
+    entry = grid_entry(loaded.model, data.prompts or [], cfg, progress=hooks.progress, featurizer=featurizer,
+                       mauve_reference=reference)
+    if cfg.preset is not None:
+        from gpt2xl.holtzman import preset_entry
+
+        entry["preset"] = preset_entry(model)
+    return entry
 
 
 def _reusable_perplexity(
@@ -951,7 +959,7 @@ def evaluate_run(opts: RunOptions, *, render: Renderer | None = None, hooks: Hoo
         if grid is not None:
             reused.append("the grid")
         else:
-            grid = _grid_entry(opts, loaded, data, hooks)
+            grid = _grid_entry(opts, loaded, data, hooks, model=doc["model"])
         doc["grid"] = grid
         doc["reused"] = _reused(reused, previous)
         doc["total_seconds"] = time.perf_counter() - t0

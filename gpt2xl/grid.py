@@ -101,7 +101,12 @@ class GridConfig:
     neighbour tests (:mod:`gpt2xl.grid_intervals`): its seed, and the replicates per interval or
     test (``weighted_resamples`` for self-BLEU and the Zipf coefficient, which are recomputed in
     Python on every replicate, so they get fewer). ``mauve``: score MAUVE per setting
-    (:mod:`gpt2xl.grid_mauve`, its k-means seeded from ``bootstrap_seed``; needs mauve-text)."""
+    (:mod:`gpt2xl.grid_mauve`, its k-means seeded from ``bootstrap_seed``; needs mauve-text).
+
+    ``points``: an explicit list of (temperature, top_k, top_p) settings instead of the product of
+    the three axes (a preset such as :mod:`gpt2xl.holtzman` names rows, not a product); the axes
+    must then list exactly the values the points use, sorted (:meth:`from_points` builds them).
+    ``preset``: the name of the preset the settings come from, recorded for the report."""
 
     dataset: str
     # 16 prompts x 3 seeds = 48 continuations per setting (one seed of 32 before): the default run
@@ -119,6 +124,8 @@ class GridConfig:
     bootstrap_seed: int = 0
     n_resamples: int = 1000
     weighted_resamples: int = 200
+    points: tuple[tuple[float, int, float], ...] | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -143,15 +150,52 @@ class GridConfig:
         check_seed("bootstrap_seed", self.bootstrap_seed)
         for name in ("n_resamples", "weighted_resamples"):
             check_int(name, getattr(self, name), minimum=min_resamples(0.95), maximum=MAX_RESAMPLES)
+        if self.points is not None:
+            self._check_points(self.points)
+        if self.preset is not None and (not isinstance(self.preset, str) or not self.preset):
+            raise ConfigError(f"preset must be a non-empty name or None, got {self.preset!r}.")
+
+    def _check_points(self, points: object) -> None:
+        if not isinstance(points, tuple) or not points:
+            raise ConfigError(f"points must be a non-empty tuple of (temperature, top_k, top_p), got {points!r}.")
+        for point in points:
+            if not isinstance(point, tuple) or len(point) != 3:
+                raise ConfigError(f"A grid point must be (temperature, top_k, top_p), got {point!r}.")
+            check_temperature(point[0])
+            check_top_k(point[1])
+            check_grid_top_p(point[2])
+        if len(set(points)) != len(points):
+            raise ConfigError(f"points must not repeat a setting, got {points!r}.")
+        for axis, name in enumerate(("temperatures", "top_ks", "top_ps")):
+            used = tuple(sorted({point[axis] for point in points}))
+            if tuple(sorted(getattr(self, name))) != used:
+                raise ConfigError(f"{name} must list exactly the values the points use, {used!r}, got "
+                                  f"{getattr(self, name)!r}.")
+
+    @classmethod
+    def from_points(
+        cls, points: tuple[tuple[float, int, float], ...], **kwargs: Any
+    ) -> GridConfig:
+        """A grid of exactly ``points``, its axes the values they use (``kwargs``: the other fields)."""
+        return cls(temperatures=tuple(sorted({p[0] for p in points})), top_ks=tuple(sorted({p[1] for p in points})),
+                   top_ps=tuple(sorted({p[2] for p in points})), points=points, **kwargs)
+
+    @property
+    def settings(self) -> tuple[tuple[float, int, float], ...]:
+        """The (temperature, top_k, top_p) settings sampled: the points, or the product of the axes."""
+        if self.points is not None:
+            return self.points
+        return tuple((t, k, p) for t in self.temperatures for k in self.top_ks for p in self.top_ps)
 
     @property
     def num_cells(self) -> int:
-        return len(self.temperatures) * len(self.top_ks) * len(self.top_ps) * len(self.seeds)
+        return len(self.settings) * len(self.seeds)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         for name in ("temperatures", "top_ks", "top_ps", "seeds"):
             d[name] = list(d[name])
+        d["points"] = None if self.points is None else [list(p) for p in self.points]
         return d
 
     @classmethod
@@ -162,6 +206,9 @@ class GridConfig:
         if unknown:
             raise ConfigError(f"Unknown grid config keys: {', '.join(sorted(unknown))}.")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        points = d.get("points")
+        if isinstance(points, list):
+            values["points"] = tuple(tuple(p) if isinstance(p, list) else p for p in points)
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -457,13 +504,14 @@ class Shard:
 
 
 def grid_shards(cfg: GridConfig, num_prompts: int) -> list[Shard]:
-    """Every shard of ``cfg`` over ``num_prompts`` prompts: cells in the order temperatures x
-    top_ks x top_ps x seeds (row-major), each cut into batches of ``cfg.batch_size`` prompts."""
+    """Every shard of ``cfg`` over ``num_prompts`` prompts: cells in the order of ``cfg.settings``
+    (temperatures x top_ks x top_ps, row-major, or the points) x seeds, each cut into batches of
+    ``cfg.batch_size`` prompts."""
     check_int("num_prompts", num_prompts)
     return [
         Shard(temperature=float(t), top_k=int(k), top_p=float(p), seed=int(s), index=i, start=start,
               stop=min(start + cfg.batch_size, num_prompts))
-        for t in cfg.temperatures for k in cfg.top_ks for p in cfg.top_ps for s in cfg.seeds
+        for t, k, p in cfg.settings for s in cfg.seeds
         for i, start in enumerate(range(0, num_prompts, cfg.batch_size))
     ]
 

@@ -140,7 +140,7 @@ METRICS: tuple[Metric, ...] = (
                     "one repeated most often (the shortest on a tie) repeats at least twice and is at least "
                     f"{REPETITION_MIN_PHRASE_LEN} tokens long, or repeats more than "
                     f"{REPETITION_SHORT_PHRASE_MAX_COUNT} times (a trailing end-of-text is dropped first)."),
-        higher_is_better=False, fmt=".2f",
+        higher_is_better=False, fmt=".3f",
     ),
     Metric(
         name="mean_length_tokens", title="mean length", label="len",

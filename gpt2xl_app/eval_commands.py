@@ -62,15 +62,29 @@ def register(app: typer.Typer) -> None:
 
 def grid_config(
     *, dataset: str, temperatures: str, top_ks: str, seeds: str, num_prompts: int, prompt_tokens: int,
-    max_new_tokens: int, batch_size: int, top_ps: str = "1", mauve: bool = True,
+    max_new_tokens: int, batch_size: int, top_ps: str = "1", mauve: bool = True, preset: str | None = None,
 ) -> GridConfig:
-    """The grid the options describe; ConfigError naming the option that is wrong."""
+    """The grid the options describe; ConfigError naming the option that is wrong. A ``preset``
+    names the settings itself, so the three axis options must then be left at their defaults."""
     from gpt2xl.data import get_spec
 
     get_spec(dataset)
     for name, value in (("--num-prompts", num_prompts), ("--prompt-tokens", prompt_tokens),
                         ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
         check_int(name, value)
+    if preset is not None:
+        from gpt2xl.holtzman import preset_grid
+
+        given = [option for option, value, default in (
+            ("--temperatures", temperatures, DEFAULT_TEMPERATURES), ("--top-ks", top_ks, DEFAULT_TOP_KS),
+            ("--top-ps", top_ps, DEFAULT_TOP_PS)) if value != default]
+        if given:
+            raise ConfigError(f"--preset {preset} names its own settings; drop {', '.join(given)}.")
+        return preset_grid(
+            preset, dataset=dataset, num_prompts=num_prompts, prompt_tokens=prompt_tokens,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, mauve=mauve,
+            seeds=parse_list(seeds, name="--seeds", item=lambda s: check_seed("a seed", int(s)),
+                             what="integer seeds"))
     return GridConfig(
         dataset=dataset,
         num_prompts=num_prompts,
@@ -247,6 +261,10 @@ def lambada(
 TempsOpt = Annotated[str, typer.Option(help="Comma-separated temperatures (0 = greedy).")]
 TopKsOpt = Annotated[str, typer.Option(help="Comma-separated top-k values (0 = the whole vocabulary).")]
 TopPsOpt = Annotated[str, typer.Option(help="Comma-separated top-p (nucleus) values in (0, 1] (1 = no nucleus cut).")]
+PresetOpt = Annotated[str | None, typer.Option(help=(
+    "Run a preset's settings instead of the temperature x top-k x top-p product: holtzman = the sampling rows "
+    "of Holtzman et al. (2020) Table 1 (greedy, pure sampling, t=0.9, k=40, k=640, k=40 at t=0.7, p=0.95), "
+    "reported beside the published values."))]
 MauveOpt = Annotated[bool, typer.Option("--mauve/--no-mauve", help=(
     "Score MAUVE per setting against as many human texts of the dataset (needs mauve-text: the eval extra); "
     "features from gpt2-large when it is in the local cache, else from the evaluated model."))]
@@ -280,6 +298,7 @@ def grid(
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
     mauve: MauveOpt = True,
+    preset: PresetOpt = None,
 ) -> None:
     """Temperature x top-k x top-p (x seeds) sampling grid → RUN_DIR/eval.json, eval_grid.csv, plots, report.md.
 
@@ -293,7 +312,7 @@ def grid(
 
     cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
                       num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size, mauve=mauve)
+                      batch_size=batch_size, mauve=mauve, preset=preset)
     opts = GridOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
                        threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir))
     outcome = evaluate_grid(opts, render=render_files, hooks=Hooks(progress=progress, on_grid=_echo_grid,
@@ -341,6 +360,7 @@ def run(
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
     mauve: MauveOpt = True,
+    preset: PresetOpt = None,
 ) -> None:
     """The full evaluation `nox -s eval` runs: perplexity, optional LAMBADA, the default grid, report.
 
@@ -355,7 +375,7 @@ def run(
 
     cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
                       num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size, mauve=mauve)
+                      batch_size=batch_size, mauve=mauve, preset=preset)
     opts = RunOptions(
         model=model or default_eval_model(), data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
         threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir),

@@ -266,6 +266,35 @@ def _significant_marks(grid: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, 
     return marks
 
 
+def _preset_lines(grid: dict[str, Any]) -> list[str]:
+    """The preset's rows: ours (with the interval) beside the published value, per shared metric."""
+    preset = grid.get("preset")
+    if not preset:
+        return []
+    published_names = list(preset["human"])
+    metrics = [METRIC_BY_NAME[name] for name in published_names]
+    by_setting = {_settings_key(r): r for r in summary_rows(grid)}
+    lines = [f"#### {preset['name']} preset: ours beside the published values", "",
+             f"Source: {preset['source']} {preset['caveat']}"
+             + (f" {preset['model_note']}" if preset.get("model_note") else ""), "",
+             "| row | " + " | ".join(f"{m.title} (ours) | published" for m in metrics) + " |",
+             "|---|" + "---:|---:|" * len(metrics)]
+    for row in preset["rows"]:
+        ours = by_setting.get(_settings_key(row))
+        cells = []
+        for m in metrics:
+            value = "n/a" if ours is None else _cell(m, ours["metrics"], ours.get("intervals"))
+            cells += [value, format_value(m, row["published"][m.name])]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    human = grid.get("human") or {}
+    cells = []
+    for m in metrics:
+        cells += [_cell(m, human, grid.get("human_intervals")) if human else "n/a",
+                  format_value(m, preset["human"][m.name])]
+    lines += ["| human text | " + " | ".join(cells) + " |", ""]
+    return lines
+
+
 def _mauve_lines(grid: dict[str, Any]) -> list[str]:
     mauve = grid.get("mauve")
     if not mauve:
@@ -352,6 +381,7 @@ def _grid_lines(grid: dict[str, Any], out_dir: Path) -> list[str]:
     lines.append("")
     lines += _significance_lines(grid)
     lines += _mauve_lines(grid)
+    lines += _preset_lines(grid)
     lines += ["Metrics (direction; definition):", ""]
     lines += [f"- **{m.title}** ({m.direction}): {m.definition}" for m in METRICS if m.shown]
     lines.append("")

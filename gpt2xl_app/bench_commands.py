@@ -26,6 +26,10 @@ def compare(
         "The fleet table instead of a gate: one row per machine, device, dtype, sampler and model of every file "
         "(hardware, decode tok/s ± spread, roofline fraction, ours vs llama.cpp and HF); exit 0. Not with the "
         "gate options."))] = False,
+    eval_runs: Annotated[bool, typer.Option("--eval", help=(
+        "Compare the sampling grids of two eval runs (OLD and NEW: eval.json files or run directories) setting "
+        "by setting, every shown metric with its interval, a change marked where the 95% intervals are "
+        "disjoint; a report, exit 0. Not with the gate options."))] = False,
     plot: Annotated[Path | None, typer.Option(help=(
         "With --hardware: also draw the fleet as a PNG at this path (decode tok/s bars grouped by machine, "
         "coloured by dtype); no plot without it."))] = None,
@@ -43,20 +47,27 @@ def compare(
 ) -> None:
     """Compare two benchmark runs side by side; exit 1 when a case regressed, fell below a floor or
     holds no valid measurement, 0 otherwise; 2 for bad options or files. With --hardware: the
-    fleet table of many runs (a report, exit 0).
+    fleet table of many runs (a report, exit 0). With --eval: two eval runs' grids, setting by setting
+    (a report, exit 0).
 
     Example: gpt2xl compare bench/baselines bench.json --ratios --max-slowdown 25% --floor cached_vs_reference_decode=2
 
     Example: gpt2xl compare --hardware reports/*/bench.json --plot fleet.png
+
+    Example: gpt2xl compare --eval reports/before reports/after
     """
     files = files or []
-    if hardware:
+    if hardware and eval_runs:
+        raise ConfigError("--hardware compares bench runs and --eval compares eval runs; choose one.")
+    if hardware or eval_runs:
+        mode = "--hardware fleet table" if hardware else "--eval comparison"
         gate = [name for name, given in (("--max-slowdown", max_slowdown is not None), ("--ratios", ratios),
                                          ("--metric", metric is not None), ("--floor", bool(floor))) if given]
         if gate:
             raise ConfigError(f"{', '.join(gate)} belong{'s' if len(gate) == 1 else ''} to the two-run gate, not to "
-                              "the --hardware fleet table (a report that never fails); drop "
-                              f"{'it' if len(gate) == 1 else 'them'} or --hardware.")
+                              f"the {mode} (a report that never fails); drop "
+                              f"{'it' if len(gate) == 1 else 'them'} or {mode.split(maxsplit=1)[0]}.")
+    if hardware:
         _fleet(files, plot)
         return
     if plot is not None:
@@ -65,6 +76,11 @@ def compare(
         ctx.fail(f"Missing argument '{('old', 'new')[len(files)]}'.")
     if len(files) > 2:
         ctx.fail(f"Got unexpected extra argument(s) ({' '.join(str(f) for f in files[2:])})")
+    if eval_runs:
+        from gpt2xl_app.eval_compare import compare_grids, format_changes, load_grid
+
+        typer.echo(format_changes(*compare_grids(load_grid(files[0]), load_grid(files[1]))))
+        return
     from gpt2xl_app.compare import compare_files, format_table, parse_floors, parse_fraction
 
     old, new = files

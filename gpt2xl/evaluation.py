@@ -24,6 +24,13 @@ Run directories: every file of a result set (``eval.json``, ``eval_grid.csv``, t
 under a manifest. ``eval grid`` keeps the perplexity and LAMBADA results of an earlier run of the
 same model in the same directory; ``eval run`` saves its finished parts (perplexity, LAMBADA)
 before the grid starts, and ``--resume`` reuses the parts of an earlier run that match this one.
+The grid saves each shard in ``RUN_DIR/shards`` as it finishes (:mod:`gpt2xl.shard_checkpoint`),
+and ``--resume`` (``eval grid`` and ``eval run``) skips those of an interrupted run.
+
+Ray (``--ray``, :mod:`gpt2xl.distributed`): after the checks, the cluster is joined or started
+(:meth:`GridOptions.connect`: a cluster too small fails before the model is loaded); the driver
+loads the model as always, and workers holding the same model (thread count and kernel plan
+included) run the grid's shards and score perplexity's windows, with identical results.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from gpt2xl.config import GPTConfig
 from gpt2xl.data import Corpus, EvalSplit
 from gpt2xl.dtypes import DTYPES, check_dtype_name
 from gpt2xl.errors import ConfigError, ResultError
-from gpt2xl.grid import GridConfig, Prompt, check_fits_context
+from gpt2xl.grid import GridConfig, Prompt, ShardResult, ShardRunner, check_fits_context
 from gpt2xl.metric_table import INTERVAL_METRICS, METRICS, SETTING_NAMES, SETTINGS
 from gpt2xl.model import GPT
 from gpt2xl.results import Maybe, read_result, schema_problem
@@ -52,7 +59,10 @@ from gpt2xl.validation import check_int, check_output_dir, check_output_file
 from gpt2xl.weights import LoadedModel
 
 if TYPE_CHECKING:
+    from gpt2xl.distributed import Cluster, WorkerPool
     from gpt2xl.grid_mauve import Featurizer
+    from gpt2xl.perplexity import SpanScorer
+    from gpt2xl.precision import PrecisionConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = REPO_ROOT.parent / "shared" / "models" / "gpt2-tiny-shakespeare"
@@ -134,6 +144,20 @@ EVAL_SCHEMA: dict[str, object] = {
         "summary": Maybe([{**_SETTINGS, "seeds": [int], "metrics": _MEAN_METRICS, "intervals": _INTERVALS}]),
         "cells": [{**_SETTINGS, "seed": int, "seconds": float, "metrics": _CELL_METRICS, "intervals": _INTERVALS,
                    "example_texts": Maybe([str])}],
+    }),
+    # gpt2xl.precision: each dtype against fp32 (the reference row has no greedy or deltas).
+    "precision": Maybe({
+        "config": dict, "reference": str, "setting": dict, "test": str, "level": float, "seconds": float,
+        "perplexity_text": {"dataset": str, "tokens": int, "context_length": int, "stride": int},
+        "dtypes": [{
+            "dtype": str, "perplexity": float, "tokens_scored": int, "seconds": float,
+            "metrics": {m.name: Maybe(float) for m in INTERVAL_METRICS},
+            "perplexity_delta": Maybe(float),
+            "greedy": Maybe({"prompts": int, "identical": int, "identical_fraction": float,
+                             "mean_first_divergence": Maybe(float), "max_new_tokens": int}),
+            # and "significant", a boolean (the schema has no node for one)
+            "deltas": Maybe({"*": {"difference": float, "low": float, "high": float, "p_value": float}}),
+        }],
     }),
 }
 
@@ -439,11 +463,19 @@ class LambadaOptions(CommonOptions):
 class GridOptions(CommonOptions):
     """The grid's options. ``run_dir``: where the result set goes (None: nothing is written, the
     caller takes the document). ``keep_previous``: an earlier eval.json's perplexity and LAMBADA
-    results stay in the new one (``eval grid``; for the same model only)."""
+    results stay in the new one (``eval grid``; for the same model only). ``resume``
+    (``--resume``): the finished shards of an interrupted grid in ``run_dir/shards`` (same model,
+    prompts and settings, :mod:`gpt2xl.shard_checkpoint`) are not run again. ``ray``
+    (``--ray``: local, auto or an address) and ``ray_workers`` (``--ray-workers``; None: as many
+    as fit): run the shards and perplexity windows on Ray workers (:mod:`gpt2xl.distributed`),
+    with identical results."""
 
     grid: GridConfig
     run_dir: Path | None
     keep_previous: bool = True
+    resume: bool = False
+    ray: str | None = None
+    ray_workers: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -451,6 +483,32 @@ class GridOptions(CommonOptions):
             from gpt2xl.mauve import require_mauve
 
             require_mauve()  # one line naming the extra, before any work (or run with --no-mauve)
+        if self.ray_workers is not None:
+            check_int("--ray-workers", self.ray_workers)
+            if self.ray is None:
+                raise ConfigError("--ray-workers needs --ray (local, auto or a cluster's address).")
+        if self.ray is not None:
+            from gpt2xl.distributed import check_local_workers, check_ray_address, require_ray
+
+            check_ray_address(self.ray)
+            if self.ray == "local":
+                check_local_workers(self.ray_workers, device=self.device, threads=self.threads)
+            require_ray()  # one line naming the extra, before any work
+
+    def connect(self, resources: contextlib.ExitStack, shape: ModelShape | None) -> Cluster | None:
+        """The Ray cluster of ``--ray`` (None without it), joined or started now and left when
+        ``resources`` closes; ConfigError when it cannot hold the workers, before the model is
+        loaded. Workers run the driver's thread count (see :mod:`gpt2xl.distributed`)."""
+        if self.ray is None:
+            return None
+        import torch
+
+        from gpt2xl.distributed import connect
+
+        threads = self.threads or torch.get_num_threads()
+        weight_bytes = None if shape is None else shape.config.num_parameters() * shape.dtype_bytes
+        return resources.enter_context(connect(self.ray, workers=self.ray_workers, threads=threads,
+                                               device=self.device, weight_bytes=weight_bytes))
 
     def check_output(self, resources: contextlib.ExitStack) -> None:
         from gpt2xl.results import run_dir_lock
@@ -501,7 +559,13 @@ class GridOptions(CommonOptions):
 @dataclass(frozen=True, kw_only=True)
 class RunOptions(GridOptions):
     """The whole run. ``keep_previous`` (``--resume``): reuse every part of the run directory's
-    eval.json that this run would compute again (same model, dataset and settings)."""
+    eval.json that this run would compute again (same model, dataset and settings).
+
+    ``dtypes`` (``--dtypes``): the precision comparison after the grid (:mod:`gpt2xl.precision`):
+    known names, none repeated, fp32 (the reference) among them; ``("fp32",)`` (the default
+    here; the CLI's is :func:`gpt2xl.precision.default_dtypes`) compares nothing. They need not
+    include ``dtype``: the grid runs in ``dtype``, the comparison always against fp32, and the
+    run's model is reused for its own dtype where listed; every dtype must run on ``device``."""
 
     ppl_datasets: tuple[str, ...]
     stride: int | None
@@ -509,9 +573,12 @@ class RunOptions(GridOptions):
     ppl_max_tokens: int | None  # None: every test set whole
     lambada_max_examples: int  # 0: no LAMBADA
     keep_previous: bool = False
+    dtypes: tuple[str, ...] = ("fp32",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from gpt2xl.precision import check_dtypes, check_dtypes_supported
+
         for name in self.ppl_datasets:
             perplexity_dataset(name)
         if self.stride is not None:
@@ -520,6 +587,19 @@ class RunOptions(GridOptions):
         if self.ppl_max_tokens is not None:
             check_int("--ppl-max-tokens", self.ppl_max_tokens, minimum=2)
         check_int("--lambada-max-examples", self.lambada_max_examples, minimum=0)
+        check_dtypes_supported(check_dtypes(self.dtypes), device=self.device)
+
+    def precision_config(self) -> PrecisionConfig | None:
+        """The precision comparison of ``dtypes`` on the grid's prompts and seeds, its perplexity
+        text cut at :data:`gpt2xl.precision.PPL_MAX_TOKENS` or ``ppl_max_tokens`` when lower;
+        None for fp32 alone."""
+        from gpt2xl.precision import PPL_MAX_TOKENS, PrecisionConfig
+
+        if len(self.dtypes) < 2:
+            return None
+        return PrecisionConfig(dtypes=self.dtypes, grid=self.grid, stride=self.stride,
+                               ppl_batch_size=self.ppl_batch_size,
+                               ppl_max_tokens=min(PPL_MAX_TOKENS, self.ppl_max_tokens or PPL_MAX_TOKENS))
 
     def check_context(self, shape: ModelShape) -> None:
         super().check_context(shape)
@@ -548,6 +628,21 @@ class RunOptions(GridOptions):
             self.check_batch_memory(shape, option="--ppl-batch-size", batch_size=self.ppl_batch_size,
                                     count=min(len(data.lambada.documents), self.lambada_max_examples),
                                     seq_len=shape.block_size + 1, what="LAMBADA examples")
+        if len(self.dtypes) > 1:
+            # The comparison holds a second copy of the weights (another dtype) beside the run's.
+            from gpt2xl.devices import resolve_device
+            from gpt2xl.precision import extra_weight_bytes
+
+            cfg = self.grid
+            batch = validation.estimate_run_bytes(shape.config, batch_size=min(cfg.batch_size, len(data.prompts or ())),
+                                                  seq_len=cfg.prompt_tokens + cfg.max_new_tokens,
+                                                  dtype_bytes=shape.dtype_bytes)
+            extra = extra_weight_bytes(shape.config.num_parameters(), dtypes=self.dtypes, loaded=self.dtype)
+            validation.check_memory(
+                batch + extra, what=f"--dtypes {','.join(self.dtypes)} (another dtype's weights beside the run's)",
+                hint="drop dtypes from --dtypes (--dtypes fp32 compares none) or use a smaller model.",
+                device=str(resolve_device(self.device)),
+            )
 
 
 # The provenance fields two results must share to be put in one eval.json: the weights' bytes
@@ -605,10 +700,11 @@ def _perplexity_split(split: EvalSplit, max_tokens: int | None) -> str:
 
 def perplexity_entry(
     model: GPT, corpus: Corpus, split: EvalSplit, *, stride: int | None, batch_size: int, max_tokens: int | None,
-    progress: bool,
+    progress: bool, scorer: SpanScorer | None = None,
 ) -> dict[str, Any]:
     """Sliding-window perplexity of ``split`` (optionally its first ``max_tokens`` tokens, with words
-    and bytes then counted on the decoded prefix) as one result entry."""
+    and bytes then counted on the decoded prefix) as one result entry; ``scorer`` scores the windows
+    elsewhere (Ray workers: :func:`gpt2xl.perplexity.sliding_window_nll`)."""
     from gpt2xl.perplexity import perplexity_report, sliding_window_nll
     from gpt2xl.tokenizer import decode
 
@@ -619,7 +715,7 @@ def perplexity_entry(
         text = decode(list(ids))
         num_words, num_bytes = len(text.split()), len(text.encode("utf-8"))
     t0 = time.perf_counter()
-    nll = sliding_window_nll(model, ids, stride=stride, batch_size=batch_size, progress=progress)
+    nll = sliding_window_nll(model, ids, stride=stride, batch_size=batch_size, progress=progress, scorer=scorer)
     report = perplexity_report(nll, num_words=num_words, num_bytes=num_bytes)
     return {
         "dataset": corpus.name,
@@ -659,7 +755,8 @@ def lambada_entry(
 
 def grid_entry(
     model: GPT, prompts: list[Prompt], cfg: GridConfig, *, progress: bool, featurizer: Featurizer | None = None,
-    mauve_reference: Sequence[Sequence[int]] | None = None,
+    mauve_reference: Sequence[Sequence[int]] | None = None, runner: ShardRunner | None = None,
+    done: Sequence[ShardResult] = (), on_shard: Callable[[ShardResult], None] | None = None,
 ) -> dict[str, Any]:
     """The human reference, every cell, and one row per setting on ``prompts`` (cut from the
     split once, before loading), as one result entry, with the bootstrap intervals of every shown
@@ -669,7 +766,9 @@ def grid_entry(
     cell); the others are means over seeds. With ``cfg.mauve``, each setting row's MAUVE
     (:mod:`gpt2xl.grid_mauve`) against the human texts ``mauve_reference`` (default: the prompts'
     own continuations) embedded by ``featurizer`` (default: ``model``, recorded as "the evaluated
-    model"), and the sizes and seed it was scored with under ``mauve``."""
+    model"), and the sizes and seed it was scored with under ``mauve``. ``runner``, ``done`` and
+    ``on_shard`` go to :func:`gpt2xl.grid.run_grid` (Ray workers, finished shards of a resumed
+    run, a checkpoint of each newly finished one)."""
     from gpt2xl.grid import human_units, run_grid
     from gpt2xl.grid_intervals import SIGNIFICANCE_TEST, grid_statistics, interval_dict
     from gpt2xl.grid_mauve import Featurizer, grid_mauve, mauve_seed
@@ -677,7 +776,7 @@ def grid_entry(
 
     t0 = time.perf_counter()
     human, human_samples = human_units(model, prompts, batch_size=cfg.batch_size)
-    cells = run_grid(model, prompts, cfg, progress=progress)
+    cells = run_grid(model, prompts, cfg, progress=progress, runner=runner, done=done, on_shard=on_shard)
     cell_dicts = []
     for c in cells:
         d = c.to_dict()
@@ -781,6 +880,7 @@ class Hooks:
     on_lambada: Callable[[dict[str, Any]], None] | None = None
     on_grid: Callable[[dict[str, Any]], None] | None = None
     on_note: Callable[[str], None] | None = None
+    on_precision: Callable[[dict[str, Any]], None] | None = None  # the precision entry (eval run --dtypes)
 
     def note(self, text: str) -> None:
         if self.on_note is not None:
@@ -833,6 +933,20 @@ def evaluate_lambada(opts: LambadaOptions, *, hooks: Hooks | None = None) -> dic
     return entry
 
 
+def _start_workers(
+    opts: GridOptions, cluster: Cluster | None, loaded: LoadedModel, resources: contextlib.ExitStack
+) -> WorkerPool | None:
+    """The Ray workers on ``cluster`` (None without one), each holding the model as ``loaded``
+    (same spec, device, dtype, thread count and kernel plan); stopped when ``resources`` closes."""
+    if cluster is None:
+        return None
+    from gpt2xl.distributed import worker_spec
+
+    spec = worker_spec(model=opts.model, device=opts.device, dtype=opts.dtype, threads=cluster.threads,
+                       plan=loaded.model.kernel_plan())
+    return resources.enter_context(cluster.pool(spec))
+
+
 def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: Hooks | None = None) -> EvalOutcome:
     """``gpt2xl eval grid``: the checks (the run directory locked until the files are written),
     the model, the grid, and the result set in ``opts.run_dir``. Perplexity and LAMBADA results
@@ -842,10 +956,14 @@ def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: H
     with contextlib.ExitStack() as resources:
         shape, data = opts.prepare(resources)
         t0 = time.perf_counter()
+        cluster = opts.connect(resources, shape)
         loaded = opts.load(shape, data)
+        pool = _start_workers(opts, cluster, loaded, resources)
         corpus, split = data.corpora[cfg.dataset]
         doc = base_doc(loaded.provenance(), corpus, split, list(cfg.seeds), {"grid": cfg.to_dict(),
                                                                              "threads": opts.threads})
+        if cluster is not None:
+            doc["environment"]["ray"] = cluster.describe()
         previous = data.previous
         if previous is not None and opts.kept_parts(previous) and opts.run_dir is not None:
             check_same_model(previous["model"], spec=opts.model, dtype=opts.dtype, run_dir=opts.run_dir,
@@ -855,7 +973,7 @@ def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: H
                 else doc["config"]
             doc["datasets"] = {**(previous.get("datasets") or {}), cfg.dataset: doc["dataset"]}
             hooks.note(f"kept the perplexity and LAMBADA results of {opts.run_dir / EVAL_JSON}")
-        doc["grid"] = _grid_entry(opts, loaded, data, hooks, model=doc["model"])
+        doc["grid"] = _grid_entry(opts, loaded, data, hooks, model=doc["model"], pool=pool)
         if hooks.on_grid is not None:
             hooks.on_grid(doc["grid"])
         files = write_eval_files(doc, opts.run_dir, render=render) if opts.run_dir is not None else []
@@ -863,12 +981,15 @@ def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: H
 
 
 def _grid_entry(
-    opts: GridOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks, *, model: dict[str, Any]
+    opts: GridOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks, *, model: dict[str, Any],
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """:func:`grid_entry` of the options' grid, with MAUVE's featurizer and human texts when it
     is on: gpt2-large when it is in the local cache (mauve-text's default featurizer), else the
     evaluated model; as many human texts of the split as the grid has samples per setting. A
-    preset's published values and notes on ``model`` (the run's provenance) go with it."""
+    preset's published values and notes on ``model`` (the run's provenance) go with it. The
+    shards run on ``pool`` (Ray workers) when given; with a run directory each finished shard is
+    saved there as it completes, and ``opts.resume`` skips those an interrupted run saved."""
     from gpt2xl.grid_mauve import Featurizer, human_reference_texts
     from gpt2xl.mauve import choose_featurizer
 
@@ -886,8 +1007,25 @@ def _grid_entry(
         split = data.corpora[cfg.dataset][1]
         reference = human_reference_texts(split.token_ids, count=cfg.num_prompts * len(cfg.seeds),
                                           length=cfg.max_new_tokens)
-    entry = grid_entry(loaded.model, data.prompts or [], cfg, progress=hooks.progress, featurizer=featurizer,
-                       mauve_reference=reference)
+    prompts = data.prompts or []
+    done: list[ShardResult] = []
+    on_shard = None
+    if opts.run_dir is not None:
+        import torch
+
+        from gpt2xl.grid import grid_shards
+        from gpt2xl.shard_checkpoint import open_store, shard_identity
+
+        identity = shard_identity(model=model, prompts=prompts, cfg=cfg, threads=torch.get_num_threads(),
+                                  plan=loaded.model.kernel_plan())
+        store, done, note = open_store(opts.run_dir, identity, shards=grid_shards(cfg, len(prompts)),
+                                       resume=opts.resume)
+        on_shard = store.save
+        if note is not None:
+            hooks.note(note)
+    entry = grid_entry(loaded.model, prompts, cfg, progress=hooks.progress, featurizer=featurizer,
+                       mauve_reference=reference, runner=None if pool is None else pool.shard_runner(prompts, cfg),
+                       done=done, on_shard=on_shard)
     if cfg.preset is not None:
         from gpt2xl.holtzman import preset_entry
 
@@ -928,17 +1066,20 @@ def _reusable_grid(previous: dict[str, Any] | None, doc: dict[str, Any], cfg: Gr
 
 def evaluate_run(opts: RunOptions, *, render: Renderer | None = None, hooks: Hooks | None = None) -> EvalOutcome:
     """``gpt2xl eval run`` (what ``nox -s eval`` runs): perplexity on each dataset, LAMBADA when
-    asked, then the grid, with the run directory locked throughout. The finished parts are
-    written (as a whole result set) before the grid starts, so a failure in the grid loses only
-    the grid; with ``opts.keep_previous`` (``--resume``) every part of an earlier eval.json in
-    the run directory that this run would compute again (same model, dataset file and settings)
-    is reused, not recomputed."""
+    asked, then the grid and the precision comparison of ``opts.dtypes``, with the run directory
+    locked throughout. The finished parts are written (as a whole result set) before the grid
+    starts, and again before the precision comparison, so a failure loses only the part it hit;
+    with ``opts.keep_previous`` (``--resume``) every part of an earlier eval.json in the run
+    directory that this run would compute again (same model, dataset file and settings) is
+    reused, not recomputed."""
     hooks = hooks or Hooks()
     cfg = opts.grid
     with contextlib.ExitStack() as resources:
         shape, data = opts.prepare(resources)
         t0 = time.perf_counter()
+        cluster = opts.connect(resources, shape)
         loaded = opts.load(shape, data)
+        pool = _start_workers(opts, cluster, loaded, resources)
         corpus, split = data.corpora[cfg.dataset]
         doc = base_doc(loaded.provenance(), corpus, split, list(cfg.seeds), {
             "grid": cfg.to_dict(), "ppl_datasets": list(opts.ppl_datasets), "stride": opts.stride,
@@ -946,11 +1087,13 @@ def evaluate_run(opts: RunOptions, *, render: Renderer | None = None, hooks: Hoo
             "lambada_max_examples": opts.lambada_max_examples, "threads": opts.threads,
         })
         doc["datasets"] = {name: dataset_info(c, s) for name, (c, s) in data.corpora.items()}
+        if cluster is not None:
+            doc["environment"]["ray"] = cluster.describe()
         previous = data.previous
         if previous is not None and opts.run_dir is not None and opts.kept_parts(previous):
             check_same_model(previous["model"], spec=opts.model, dtype=opts.dtype, run_dir=opts.run_dir,
                              loaded=doc["model"])
-        reused = _perplexity_and_lambada(doc, opts, loaded, data, hooks)
+        reused = _perplexity_and_lambada(doc, opts, loaded, data, hooks, pool=pool)
         grid = _reusable_grid(previous, doc, cfg)
         computed = len(reused) < len(opts.ppl_datasets) + (data.lambada is not None)
         if grid is None and computed and opts.run_dir is not None:
@@ -959,23 +1102,58 @@ def evaluate_run(opts: RunOptions, *, render: Renderer | None = None, hooks: Hoo
         if grid is not None:
             reused.append("the grid")
         else:
-            grid = _grid_entry(opts, loaded, data, hooks, model=doc["model"])
+            grid = _grid_entry(opts, loaded, data, hooks, model=doc["model"], pool=pool)
         doc["grid"] = grid
+        doc["precision"] = _precision_entry(opts, loaded, data, doc, reused, render=render, hooks=hooks)
         doc["reused"] = _reused(reused, previous)
         doc["total_seconds"] = time.perf_counter() - t0
         if reused and opts.run_dir is not None:
             hooks.note(f"reused {', '.join(reused)} from the earlier {opts.run_dir / EVAL_JSON}")
         if hooks.on_grid is not None:
             hooks.on_grid(grid)
+        if hooks.on_precision is not None and doc["precision"] is not None:
+            hooks.on_precision(doc["precision"])
         files = write_eval_files(doc, opts.run_dir, render=render) if opts.run_dir is not None else []
         return EvalOutcome(doc=doc, files=files, seconds=doc["total_seconds"])
 
 
+def _precision_entry(
+    opts: RunOptions, loaded: LoadedModel, data: EvalData, doc: dict[str, Any], reused: list[str], *,
+    render: Renderer | None, hooks: Hooks,
+) -> dict[str, Any] | None:
+    """The precision comparison of ``opts.dtypes`` (None for fp32 alone): reused from the earlier
+    eval.json when it was computed with the same settings on the same data (``--resume``; added
+    to ``reused``), else computed on the grid's prompts and seeds and the first tokens of the
+    grid dataset's split, with the run's model for its own dtype. A grid computed by this run is
+    saved (the whole result set) before the comparison starts."""
+    from gpt2xl.precision import compare_precision
+    from gpt2xl.weights import load_model
+
+    config = opts.precision_config()
+    if config is None:
+        return None
+    previous = (data.previous or {}).get("precision")
+    same_data = data.previous is not None and data.previous["dataset"].get("sha256") == doc["dataset"]["sha256"]
+    if previous and same_data and previous["config"] == config.to_dict():
+        reused.append("the precision comparison")
+        return previous
+    if "the grid" not in reused and opts.run_dir is not None:
+        write_eval_files({**doc, "reused": _reused(reused, data.previous)}, opts.run_dir, render=render)
+    return compare_precision(
+        config, models={opts.dtype: loaded.model},
+        load=lambda name: load_model(opts.model, device=opts.device, dtype=name, seed=0).model,
+        prompts=data.prompts or [], ppl_tokens=data.corpora[config.grid.dataset][1].token_ids,
+        progress=hooks.progress,
+    )
+
+
 def _perplexity_and_lambada(
-    doc: dict[str, Any], opts: RunOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks
+    doc: dict[str, Any], opts: RunOptions, loaded: LoadedModel, data: EvalData, hooks: Hooks, *,
+    pool: WorkerPool | None = None,
 ) -> list[str]:
     """Fill ``doc``'s perplexity entries and LAMBADA (computed, or reused from ``data.previous``
-    where it matches), handing each to its hook; returns what was reused."""
+    where it matches), handing each to its hook; returns what was reused. Perplexity windows are
+    scored on ``pool`` (Ray workers) when given; LAMBADA runs here."""
     reused: list[str] = []
     for name in opts.ppl_datasets:
         corpus, split = data.corpora[name]
@@ -984,7 +1162,8 @@ def _perplexity_and_lambada(
             reused.append(f"perplexity on {name}")
         else:
             entry = perplexity_entry(loaded.model, corpus, split, stride=opts.stride, batch_size=opts.ppl_batch_size,
-                                     max_tokens=opts.ppl_max_tokens, progress=hooks.progress)
+                                     max_tokens=opts.ppl_max_tokens, progress=hooks.progress,
+                                     scorer=None if pool is None else pool.score_spans)
         doc["perplexity"].append(entry)
         if hooks.on_perplexity is not None:
             hooks.on_perplexity(entry)

@@ -64,11 +64,13 @@ ORDER = {"temperature": 0, "top_k": 1, "top_p": 2}  # the position of each setti
 SettingKey = tuple[float, int, float]  # (temperature, top_k, top_p)
 
 
-def _key(unit: ScoredSample) -> Hashable:
+def unit_key(unit: ScoredSample) -> Hashable:
+    """What pairs two settings' samples in a paired test: the same prompt under the same seed."""
     return (unit.prompt, unit.seed)
 
 
-def _cluster(unit: ScoredSample) -> Hashable:
+def prompt_cluster(unit: ScoredSample) -> Hashable:
+    """The bootstrap's cluster: a prompt with all its seeds (their samples are correlated)."""
     return unit.prompt
 
 
@@ -160,7 +162,8 @@ def statistics() -> dict[str, Statistic[ScoredSample]]:
     return table
 
 
-def _resamples(metric: str, cfg: GridConfig) -> int:
+def resamples_for(metric: str, cfg: GridConfig) -> int:
+    """The replicates per interval or test of ``metric`` (fewer for those recomputed in Python)."""
     return cfg.weighted_resamples if metric in {"self_bleu_4", "zipf_coefficient"} else cfg.n_resamples
 
 
@@ -194,8 +197,8 @@ def _intervals(
     out = {}
     for m in INTERVAL_METRICS:
         try:
-            out[m.name] = bootstrap_interval(units, stats[m.name], cluster=_cluster,
-                                             n_resamples=_resamples(m.name, cfg), seed=cfg.bootstrap_seed,
+            out[m.name] = bootstrap_interval(units, stats[m.name], cluster=prompt_cluster,
+                                             n_resamples=resamples_for(m.name, cfg), seed=cfg.bootstrap_seed,
                                              confidence=CONFIDENCE)
         except NumericalError as e:
             notes.append(f"no interval for {m.name} of {where}: {e}")
@@ -254,8 +257,8 @@ def grid_statistics(
     for axis, line in lines:
         for m in INTERVAL_METRICS:
             try:
-                found = neighbour_tests([units[k] for k in line], stats[m.name], key=_key, cluster=_cluster,
-                                        n_resamples=_resamples(m.name, cfg), seed=cfg.bootstrap_seed,
+                found = neighbour_tests([units[k] for k in line], stats[m.name], key=unit_key, cluster=prompt_cluster,
+                                        n_resamples=resamples_for(m.name, cfg), seed=cfg.bootstrap_seed,
                                         confidence=CONFIDENCE)
             except NumericalError as e:
                 notes.append(f"no {axis} tests of {m.name} along {[_describe(k) for k in line]}: {e}")

@@ -104,6 +104,16 @@ class ScoredSpan:
     all_greedy: bool
 
 
+def span_batches(spans: Sequence[tuple[Sequence[int], int]], *, batch_size: int) -> list[list[int]]:
+    """The batches :func:`score_spans` runs ``spans`` in, as lists of span indices: sorted by
+    length (stably: equal lengths keep their order), cut every ``batch_size``. A batch's shape
+    decides which kernel runs and how its sums round, so a caller that spreads the batches over
+    workers (:mod:`gpt2xl.distributed`) sends exactly these to get exactly the same scores."""
+    check_int("batch_size", batch_size)
+    order = sorted(range(len(spans)), key=lambda i: len(spans[i][0]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def score_spans(
     model: GPT,
     spans: Sequence[tuple[Sequence[int], int]],
@@ -134,13 +144,11 @@ def score_spans(
                 f"got {len(ids)} tokens and first_scored {first}."
             )
     device = model.transformer.wte.weight.device
-    order = sorted(range(len(spans)), key=lambda i: len(spans[i][0]))
     results: list[ScoredSpan | None] = [None] * len(spans)
     bar = tqdm(total=len(spans), desc=progress_desc, unit="span", disable=progress is not True, leave=False)
     done = 0
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in span_batches(spans, batch_size=batch_size):
             width = max(len(spans[i][0]) for i in chunk)
             rows = [list(spans[i][0]) + [0] * (width - len(spans[i][0])) for i in chunk]
             ids_t = torch.tensor(rows, dtype=torch.long, device=device)  # (B, T + 1)
@@ -161,6 +169,19 @@ def score_spans(
                 progress(done, len(spans))
     bar.close()
     return [r for r in results if r is not None]
+
+
+class SpanScorer(Protocol):
+    """:func:`score_spans` without the model: scores spans on a model held elsewhere (Ray workers)."""
+
+    def __call__(
+        self,
+        spans: Sequence[tuple[Sequence[int], int]],
+        *,
+        batch_size: int,
+        progress: bool | ProgressHook = False,
+        progress_desc: str = "scoring",
+    ) -> list[ScoredSpan]: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +224,7 @@ def sliding_window_nll(
     stride: int | None = None,
     batch_size: int = 8,
     progress: bool | ProgressHook = False,
+    scorer: SpanScorer | None = None,
 ) -> NLLResult:
     """NLL of ``token_ids`` under ``model`` with the HF guide's sliding window
     (:func:`window_plan`; window = the model's context, ``stride`` None = the context).
@@ -211,19 +233,45 @@ def sliding_window_nll(
     Memory: a batch holds ``batch_size x context x vocab`` float logits (8 x 1024 x 50257 x 4
     bytes = 1.6 GB for GPT-2); lower ``batch_size`` on small devices. A text of fewer than 2
     tokens scores nothing (tokens_scored 0).
+
+    ``scorer``: what scores the windows instead of :func:`score_spans` on ``model`` in this
+    process (e.g. Ray workers holding the same model, :meth:`gpt2xl.distributed.WorkerPool.score_spans`);
+    it must score the same batches (:func:`span_batches`). The reduction is :func:`windows_nll` either way.
     """
     max_length = model.config.block_size
     stride = max_length if stride is None else stride
     ids = list(token_ids)
     plan = window_plan(len(ids), max_length=max_length, stride=stride)
-    spans = [(ids[w.begin : w.end], w.first_scored - w.begin) for w in plan]
-    scored = score_spans(model, spans, batch_size=batch_size, progress=progress, progress_desc="perplexity")
+    spans = window_spans(ids, plan)
+    if scorer is None:
+        scored = score_spans(model, spans, batch_size=batch_size, progress=progress, progress_desc="perplexity")
+    else:
+        scored = scorer(spans, batch_size=batch_size, progress=progress, progress_desc="perplexity")
+    return windows_nll(plan, scored, num_tokens=len(ids), context_length=max_length, stride=stride)
+
+
+def window_spans(token_ids: Sequence[int], plan: Sequence[Window]) -> list[tuple[list[int], int]]:
+    """The spans :func:`score_spans` scores for ``plan`` over ``token_ids``: each window's tokens
+    and the offset of its first scored token."""
+    ids = list(token_ids)
+    return [(ids[w.begin : w.end], w.first_scored - w.begin) for w in plan]
+
+
+def windows_nll(
+    plan: Sequence[Window], scored: Sequence[ScoredSpan], *, num_tokens: int, context_length: int, stride: int
+) -> NLLResult:
+    """The reduction of the windows' scores (one per window of ``plan``, in plan order) into one
+    NLL: the float64 sums added by ``math.fsum``, which rounds the exact sum once, so the result
+    does not depend on the order or the process the windows were scored in; every path (one
+    process, Ray workers) reduces through here."""
+    if len(scored) != len(plan):
+        raise ConfigError(f"{len(plan)} windows but {len(scored)} window scores.")
     return NLLResult(
         nll_sum=math.fsum(s.nll_sum for s in scored),
         tokens_scored=sum(s.num_scored for s in scored),
-        num_tokens=len(ids),
+        num_tokens=num_tokens,
         num_windows=len(plan),
-        context_length=max_length,
+        context_length=context_length,
         stride=stride,
     )
 

@@ -128,6 +128,14 @@ def ppl_datasets_option(text: str) -> tuple[str, ...]:
     return parse_list(text, name="--ppl-datasets", item=perplexity_dataset, what="dataset names")
 
 
+def dtypes_option(text: str) -> tuple[str, ...]:
+    """``--dtypes``: a comma list of dtype names without gaps or repeats (fp32 among them is
+    checked by the run's options)."""
+    from gpt2xl.dtypes import check_dtype_name
+
+    return parse_list(text, name="--dtypes", item=check_dtype_name, what="dtype names")
+
+
 def _listed(values: tuple[float, ...] | tuple[int, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -185,6 +193,39 @@ def _echo_grid(grid: dict[str, Any]) -> None:
             f"{significant} of {len(tests)} neighbour differences significant (see report.md)") if tests else \
         "means over seeds"
     typer.echo(f"[{len(grid['cells'])} cells (settings x seeds) in {grid['seconds']:.1f} s; {over}]")
+
+
+def precision_lines(entry: dict[str, Any]) -> list[str]:
+    """The console summary of a precision comparison: what it measured, then one line per dtype."""
+    from gpt2xl.metric_table import METRIC_BY_NAME
+
+    setting = ", ".join(f"{s.label}={s.format(s.of(entry['setting']))}" for s in SETTINGS)
+    text = entry["perplexity_text"]
+    ref = entry["reference"]
+    lines = [(f"precision vs {ref} ({setting}, the grid's prompts and seeds; perplexity on the first "
+              f"{text['tokens']:,} tokens of {text['dataset']}):")]
+    for row in entry["dtypes"]:
+        if row["greedy"] is None:
+            lines.append(f"  {row['dtype']}: perplexity {row['perplexity']:.3f} (reference, {row['seconds']:.1f} s)")
+            continue
+        g = row["greedy"]
+        where = ("none diverges" if g["mean_first_divergence"] is None else
+                 f"the others diverge at {g['mean_first_divergence']:.2f} of {g['max_new_tokens']} tokens on average")
+        deltas = row["deltas"] or {}
+        significant = [f"{METRIC_BY_NAME[name].title} {d['difference']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}]"
+                       for name, d in deltas.items() if d["significant"]]
+        lines.append(
+            f"  {row['dtype']}: perplexity {row['perplexity']:.3f} ({row['perplexity_delta']:+.3f} vs {ref}), "
+            f"greedy identical for {g['identical']}/{g['prompts']} prompts ({where}), {len(significant)} of "
+            f"{len(deltas)} metric deltas significant" + (f": {'; '.join(significant)}" if significant else "")
+            + f" ({row['seconds']:.1f} s)"
+        )
+    return lines
+
+
+def _echo_precision(entry: dict[str, Any]) -> None:
+    for line in precision_lines(entry):
+        typer.echo(line)
 
 
 def _note(text: str) -> None:
@@ -276,6 +317,12 @@ GridBatchOpt = Annotated[int, typer.Option(help="Prompts sampled together in one
 RunDirOpt = Annotated[str, typer.Option(help="Run directory for eval.json, eval_grid.csv, plots and report.md.")]
 GridDatasetOpt = Annotated[str, typer.Option(help="Dataset the grid's prompts are cut from (and of the first "
                                                   "perplexity, for `eval run`).")]
+RayOpt = Annotated[str | None, typer.Option("--ray", help=(
+    "Run the grid's shards (and perplexity's windows) on Ray workers, with results identical to one process: "
+    "local (start a cluster on this machine), auto (join this node's cluster), or HOST:PORT / ray://HOST:PORT. "
+    "Needs gpt2xl[ray]. Workers run --threads threads each (default: torch's default here)."))]
+RayWorkersOpt = Annotated[int | None, typer.Option(help=(
+    "Ray workers (each loads the model once): default as many as fit, one per GPU on CUDA, else cores // threads."))]
 
 
 @eval_app.command()
@@ -299,10 +346,18 @@ def grid(
     progress: ProgressOpt = True,
     mauve: MauveOpt = True,
     preset: PresetOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume",
+        help="Skip the grid shards an interrupted run finished (saved in RUN_DIR/shards as each completes; same "
+             "model, prompts and settings only).",
+    )] = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
 ) -> None:
     """Temperature x top-k x top-p (x seeds) sampling grid → RUN_DIR/eval.json, eval_grid.csv, plots, report.md.
 
-    Perplexity and LAMBADA results already in RUN_DIR/eval.json (of the same model) are kept.
+    Perplexity and LAMBADA results already in RUN_DIR/eval.json (of the same model) are kept. Each finished
+    shard (one batch of one cell) is saved in RUN_DIR/shards at once; --resume skips them.
 
     Example: gpt2xl eval grid --run-dir reports/try1 -m ../shared/models/gpt2-tiny-shakespeare
     --temperatures 0.7,1.0 --top-ks 0,40 --top-ps 1,0.9
@@ -314,7 +369,8 @@ def grid(
                       num_prompts=num_prompts, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
                       batch_size=batch_size, mauve=mauve, preset=preset)
     opts = GridOptions(model=model, data_dir=path_option("--data-dir", data_dir), device=device, dtype=dtype,
-                       threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir))
+                       threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir), resume=resume, ray=ray,
+                       ray_workers=ray_workers)
     outcome = evaluate_grid(opts, render=render_files, hooks=Hooks(progress=progress, on_grid=_echo_grid,
                                                                     on_note=_note))
     _echo_files(outcome.files)
@@ -353,16 +409,23 @@ def run(
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume",
         help="Reuse the parts of RUN_DIR/eval.json that this run would compute again (same model, dataset file "
-             "and settings), e.g. the perplexities of a run stopped during the grid.",
+             "and settings), e.g. the perplexities of a run stopped during the grid, and the grid shards it finished.",
     )] = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
+    dtypes: Annotated[str | None, typer.Option(help=(
+        "Comma-separated dtypes to compare with fp32 after the grid, on its prompts and seeds: perplexity delta, "
+        "greedy agreement and metric deltas with 95% intervals (fp32 must be listed; fp32 alone compares none). "
+        "Default: fp32,bf16 on CPU (fp16 is emulated there), fp32,bf16,fp16 on CUDA."
+    ), show_default=False)] = None,
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
     mauve: MauveOpt = True,
     preset: PresetOpt = None,
 ) -> None:
-    """The full evaluation `nox -s eval` runs: perplexity, optional LAMBADA, the default grid, report.
+    """The full evaluation `nox -s eval` runs: perplexity, optional LAMBADA, the default grid, precision, report.
 
     Writes RUN_DIR/eval.json, eval_grid.csv, eval_heatmap_*.png, eval_fluency_vs_diversity.png,
     report.md (joined with bench.json when present) and eval_manifest.json (written last: the
@@ -371,6 +434,7 @@ def run(
     Example: gpt2xl eval run --run-dir reports/local --data-dir ../shared/data --threads 1
     """
     from gpt2xl.evaluation import default_eval_model, evaluate_run
+    from gpt2xl.precision import default_dtypes
     from gpt2xl_app.eval_report import render_files
 
     cfg = grid_config(dataset=dataset, temperatures=temperatures, top_ks=top_ks, top_ps=top_ps, seeds=seeds,
@@ -381,10 +445,11 @@ def run(
         threads=threads, grid=cfg, run_dir=path_option("--run-dir", run_dir),
         ppl_datasets=ppl_datasets_option(ppl_datasets), stride=stride, ppl_batch_size=ppl_batch_size,
         ppl_max_tokens=ppl_max_tokens or None,  # 0 = no cap
-        lambada_max_examples=lambada_max_examples, keep_previous=resume,
+        lambada_max_examples=lambada_max_examples, keep_previous=resume, resume=resume, ray=ray,
+        ray_workers=ray_workers, dtypes=default_dtypes(device) if dtypes is None else dtypes_option(dtypes),
     )
     hooks = Hooks(progress=progress, on_perplexity=_echo_ppl, on_lambada=_echo_lambada, on_grid=_echo_grid,
-                  on_note=_note)
+                  on_note=_note, on_precision=_echo_precision)
     outcome = evaluate_run(opts, render=render_files, hooks=hooks)
     _echo_files(outcome.files, outcome.seconds)
 

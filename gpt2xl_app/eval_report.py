@@ -205,9 +205,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render_eval_section(eval_doc: dict[str, Any], out_dir: Path) -> str:
-    """Markdown: perplexity table, LAMBADA, the grid table with the human row, and the images that
-    exist in ``out_dir`` (linked relatively, so the report renders on GitHub)."""
+def render_eval_section(eval_doc: dict[str, Any], out_dir: Path, *, bench_doc: dict[str, Any] | None = None) -> str:
+    """Markdown: perplexity table, LAMBADA, the grid table with the human row, the images that
+    exist in ``out_dir`` (linked relatively, so the report renders on GitHub), and the quality
+    cost of each precision, beside its speed when ``bench_doc`` (the run directory's bench.json)
+    is given."""
     lines = ["## Evaluation", ""]
     lines += _perplexity_lines(eval_doc.get("perplexity") or [])
     if eval_doc.get("lambada"):
@@ -215,6 +217,8 @@ def render_eval_section(eval_doc: dict[str, Any], out_dir: Path) -> str:
     grid = eval_doc.get("grid")
     if grid and grid["cells"]:
         lines += _grid_lines(grid, out_dir)
+    if eval_doc.get("precision"):
+        lines += precision_lines(eval_doc["precision"], bench_doc)
     return "\n".join(lines)
 
 
@@ -402,4 +406,106 @@ def _grid_lines(grid: dict[str, Any], out_dir: Path) -> list[str]:
             named = ", ".join(f"{s.label}={s.format(s.of(c))}" for s in SETTINGS)
             lines.append(f"- **{named}**: {text[:300]}")
         lines += ["", "</details>", ""]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# the quality cost of precision (gpt2xl.precision), beside each dtype's bench speed
+# --------------------------------------------------------------------------------------------
+
+BENCH_SAMPLER = "cached"  # our KV-cached sampler with the tuned kernels: what `gpt2xl generate` runs
+
+
+def bench_speeds(bench_doc: dict[str, Any]) -> dict[str, list[str]]:
+    """{dtype: ["decode tok/s ± spread (model, device, batch N)", …]}: every valid case of our
+    cached sampler in ``bench_doc`` (throughput and ratio cases), slowest model first."""
+    from bench.records import invalid_reason, is_rate
+
+    found: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
+    for bench in bench_doc.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        if info.get("kind") not in ("throughput", "ratios") or info.get("sampler") != BENCH_SAMPLER:
+            continue
+        if invalid_reason(info) is not None:
+            continue
+        spread = info.get("decode_tokens_per_s_spread")
+        value = f"{info['decode_tokens_per_s']:.1f}" + (f" ± {spread:.1f}" if is_rate(spread) else "")
+        where = f"{info['model']}, {info['device']}, batch {info['batch_size']}"
+        key = (str(info["model"]), int(info["batch_size"]), int(info["prompt_len"]), int(info["new_tokens"]))
+        found.setdefault(str(info["dtype"]), []).append((key, f"{value} ({where})"))
+    return {dtype: [text for _, text in sorted(items)] for dtype, items in found.items()}
+
+
+def _signed(metric: Metric, value: float) -> str:
+    fmt = ".1f" if metric.fmt == "d" else metric.fmt
+    return format(value, "+" + fmt)
+
+
+def _delta_cell(metric: Metric, delta: dict[str, Any] | None) -> str:
+    if delta is None:
+        return "n/a"
+    text = f"{_signed(metric, delta['difference'])} [{_signed(metric, delta['low'])}, {_signed(metric, delta['high'])}]"
+    return text + (" *" if delta.get("significant") else "")
+
+
+def precision_lines(entry: dict[str, Any], bench_doc: dict[str, Any] | None = None) -> list[str]:
+    """The "Quality cost of precision" section: one row per dtype (perplexity and its delta,
+    greedy agreement, each interval metric's delta with its interval and significance), with
+    the decode speed bench measured for that dtype when ``bench_doc`` is given."""
+    from gpt2xl.metric_table import INTERVAL_METRICS
+
+    ref = entry["reference"]
+    text = entry["perplexity_text"]
+    grid = entry["config"]["grid"]
+    setting = ", ".join(f"{s.title}={s.format(s.of(entry['setting']))}" for s in SETTINGS)
+    if tuple(s.of(entry["setting"]) for s in SETTINGS) == (1.0, 0, 1.0):
+        setting += " (pure sampling)"
+    speeds = bench_speeds(bench_doc) if bench_doc is not None else None
+    head = ["dtype", "perplexity", f"Δ vs {ref}", "greedy identical", "mean first divergence",
+            *(m.title for m in INTERVAL_METRICS)]
+    if speeds is not None:
+        head.append("decode tok/s (bench)")
+    lines = [
+        "### Quality cost of precision",
+        "",
+        (f"Each dtype against {ref} on the same {grid['num_prompts']} prompts × seeds {grid['seeds']} of the grid "
+         f"({grid['max_new_tokens']} new tokens), the model loaded once per dtype. Metrics at {setting}: the {ref} "
+         f"row shows each metric's value over all seeds, the other rows the difference dtype − {ref} with its 95% "
+         f"interval; * marks a significant difference. Test: {entry['test']}."),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
+    notes = []
+    for row in entry["dtypes"]:
+        g = row.get("greedy")
+        if g is None:
+            cells = [f"{row['dtype']} (reference)", f"{row['perplexity']:.3f}", "—", "—", "—",
+                     *(format_value(m, row["metrics"].get(m.name)) for m in INTERVAL_METRICS)]
+        else:
+            relative = row["perplexity_delta"] / (row["perplexity"] - row["perplexity_delta"])
+            divergence = "none diverges" if g["mean_first_divergence"] is None else f"{g['mean_first_divergence']:.2f}"
+            deltas = row.get("deltas") or {}
+            cells = [row["dtype"], f"{row['perplexity']:.3f}", f"{row['perplexity_delta']:+.3f} ({relative:+.2%})",
+                     f"{g['identical']}/{g['prompts']} ({g['identical_fraction']:.0%})", divergence,
+                     *(_delta_cell(m, deltas.get(m.name)) for m in INTERVAL_METRICS)]
+            notes += [f"- {row['dtype']}: {note}" for note in row.get("notes") or []]
+        if speeds is not None:
+            cells.append("; ".join(speeds.get(row["dtype"], [])) or "not in bench.json")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        (f"Perplexity: token perplexity on the first {text['tokens']:,} tokens of {text['dataset']}'s eval split "
+         f"(context {text['context_length']}, stride {text['stride']}), the same windows in every dtype. Greedy: "
+         f"each prompt's greedy continuation in the dtype and in {ref}; identical = every generated token equal "
+         "(end-of-text included); mean first divergence = the index of the first differing token, averaged over "
+         "the prompts that diverge, as a fraction of the new tokens (0 = at once)."),
+        "",
+    ]
+    if speeds is not None:
+        lines += [(f"Speed: decode tok/s of our KV-cached sampler (`{BENCH_SAMPLER}`) from bench.json, the median "
+                   "over its rounds ± their spread, for the model, device and batch bench measured (not necessarily "
+                   "the model evaluated here); see the throughput section."), ""]
+    if notes:
+        lines += ["Left out:", "", *notes, ""]
     return lines

@@ -84,7 +84,7 @@ def render_report(run_dir: Path, *, eval_doc: dict[str, Any] | None = None, imag
         # eval_report imports matplotlib (half a second): a bench-only report does without it.
         from gpt2xl_app.eval_report import render_eval_section
 
-        lines.append(render_eval_section(eval_doc, image_dir or run_dir))
+        lines.append(render_eval_section(eval_doc, image_dir or run_dir, bench_doc=bench_doc))
     if bench_doc is not None:
         lines.append(render_bench_section(bench_doc, run_dir))
     return "\n".join(lines).rstrip() + "\n"

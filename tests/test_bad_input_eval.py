@@ -260,7 +260,9 @@ def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_no_partial_file
     result = _cli_with_file_limit(["eval", "grid", "--run-dir", str(run_dir), "-m", MODEL, *SMALL_GRID],
                                   limit=4096, load_first=MODEL)
     _assert_one_error_line(result, "Cannot write", "eval.json", "file size limit")
-    assert list(run_dir.iterdir()) == []  # the temporary file of the failed write is gone too
+    # Only the finished grid shards (kept for --resume); the temporary file of the failed write is gone too.
+    assert [p.name for p in run_dir.iterdir()] == ["shards"]
+    assert all(json.loads(p.read_text()) for p in (run_dir / "shards").iterdir())
 
 
 def test_a_png_write_past_the_file_size_limit_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
@@ -423,3 +425,91 @@ def test_no_data_dir_and_no_network_fails_within_3_s(tmp_path: Path) -> None:
     elapsed = time.monotonic() - t0
     _assert_one_error_line(result, "Cannot load 'wikitext2'", "--data-dir", "hub.nonexistent.invalid does not resolve")
     assert elapsed < startup + 3.0, f"{elapsed:.1f} s (startup {startup:.1f} s): {result.stderr}"
+
+
+# ------------------------------------------------------------------ 7. the precision comparison (--dtypes)
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "needle"),
+    [
+        ("fp32,fp32", "error: --dtypes lists 'fp32' twice."),
+        ("xx", "error: --dtypes: Unknown dtype 'xx'; choose one of: fp32, fp16, bf16."),
+        ("bf16", ("error: --dtypes must include fp32, the reference every other dtype is compared with; use "
+                  "--dtypes fp32,bf16.")),
+        ("fp32,,bf16", "error: --dtypes has an empty item"),
+    ],
+)
+@pytest.mark.usefixtures("no_work")
+def test_bad_dtypes_fail_before_any_work(monkeypatch, capsys, tmp_path, dtypes, needle) -> None:
+    run_dir = tmp_path / "run"
+    line = _main(monkeypatch, capsys, "eval", "run", "--run-dir", str(run_dir), "-m", MODEL, *SMALL_GRID,
+                 "--dtypes", dtypes)
+    assert line.startswith(needle), line
+    assert not run_dir.exists()
+
+
+def test_dtypes_without_fp32_through_the_cli(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _assert_one_error_line(_cli("eval", "run", "--run-dir", str(run_dir), "-m", MODEL, *SMALL_GRID, "--dtypes", "bf16"),
+                           "--dtypes must include fp32")
+    assert not run_dir.exists()
+
+
+# ------------------------------------------------------------------ 8. Ray (--ray, --ray-workers) and resumed shards
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--ray", "nowhere"], "--ray must be one of local, auto, HOST:PORT or ray://HOST:PORT"),
+        (["--ray", "head:0"], "got 'head:0'"),
+        (["--ray", "head:65536"], "got 'head:65536'"),
+        (["--ray", "ray://"], "got 'ray://'"),
+        (["--ray", ""], "got ''"),
+        (["--ray", "local", "--ray-workers", "0"], "--ray-workers must be an integer >= 1"),
+        (["--ray-workers", "2"], "--ray-workers needs --ray"),
+        (["--ray", "local", "--ray-workers", "100000"], "--ray-workers 100000 exceeds the"),
+    ],
+)
+@pytest.mark.usefixtures("no_work")
+def test_bad_ray_options_fail_before_any_work(monkeypatch, capsys, tmp_path, args, needle) -> None:
+    for command in ("grid", "run"):
+        run_dir = tmp_path / command
+        line = _main(monkeypatch, capsys, "eval", command, "--run-dir", str(run_dir), "-m", MODEL, *SMALL_GRID, *args)
+        assert needle in line
+        assert not run_dir.exists()
+
+
+@pytest.mark.usefixtures("no_load")
+def test_a_ray_address_nobody_answers_fails_before_loading(monkeypatch, capsys, tmp_path) -> None:
+    pytest.importorskip("ray")
+    start = time.monotonic()
+    line = _main(monkeypatch, capsys, "eval", "grid", "--run-dir", str(tmp_path), "-m", MODEL, *SMALL_GRID,
+                 "--ray", "127.0.0.1:1")
+    assert "--ray 127.0.0.1:1: no Ray cluster answers there" in line
+    assert "ray start --head" in line
+    assert time.monotonic() - start < 30  # Ray itself would retry for minutes
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_ray_not_installed_is_one_line_saying_how_to_install_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # sys.modules["ray"] = None makes `import ray` fail as it does where Ray is not installed.
+    script = ("import sys; sys.modules['ray'] = None; from gpt2xl_app.cli import main; "
+              f"sys.argv = ['gpt2xl', *{['eval', 'grid', '--run-dir', str(run_dir), '-m', MODEL, *SMALL_GRID]!r}, "
+              "'--ray', 'local']; main()")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True,
+                            timeout=300, check=False)
+    _assert_one_error_line(result, "--ray needs Ray: pip install 'gpt2xl[ray]'")
+    assert not run_dir.exists()
+
+
+def test_a_damaged_shard_file_is_refused_on_resume(tiny_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    shard = min((run_dir / "shards").glob("T*.json"))
+    shard.write_text('{"shard": {"temperature": 0.7}, "samples": []}')
+    result = _cli("eval", "grid", "--run-dir", str(run_dir), "-m", MODEL, *SMALL_GRID, "--resume")
+    _assert_one_error_line(result, f"{shard} is not a readable shard result", "delete it", "without --resume")
+    assert json.loads((run_dir / "eval.json").read_text()) == json.loads((tiny_run / "eval.json").read_text())

@@ -91,10 +91,15 @@ def test_generate_never_shows_a_traceback(prompt: str, argv: list[str]) -> None:
     assert_clean(code, stderr)
 
 
+# --ray addresses that fail fast: malformed, or a port nothing listens on (refused at once). A
+# valid address would start or join a Ray cluster, seconds per example (tests/test_ray.py runs those).
+# (No random text: one that named a listening port would make Ray wait minutes for a cluster there.)
+RAY = st.sampled_from(["nowhere", "host:0", "127.0.0.1:1", "ray://127.0.0.1:1", "", " ", "ray://", "auto:1",
+                       "[::1]:99999", "local:6379", "LOCAL", "1,2"])
 EVAL_GRID = {
     "--temperatures": LIST, "--top-ks": LIST, "--seeds": LIST, "--num-prompts": VALUE,
     "--prompt-tokens": VALUE, "--max-new-tokens": VALUE, "--batch-size": VALUE, "--threads": VALUE,
-    "--dtype": st.sampled_from(["fp32", "bf16", "x"]),
+    "--dtype": st.sampled_from(["fp32", "bf16", "x"]), "--ray": RAY, "--ray-workers": VALUE,
 }
 
 
@@ -193,6 +198,8 @@ EVAL_RUN = {
     "--ppl-datasets": st.one_of(LIST, st.sampled_from(["tinyshakespeare", "wikitext2,tinyshakespeare", "lambada", ""])),
     "--stride": VALUE, "--ppl-batch-size": VALUE, "--ppl-max-tokens": VALUE, "--lambada-max-examples": VALUE,
     "--temperatures": LIST, "--top-ks": LIST, "--seeds": LIST, "--num-prompts": VALUE, "--max-new-tokens": VALUE,
+    "--ray": RAY, "--ray-workers": VALUE,
+    "--dtypes": st.one_of(LIST, st.sampled_from(["fp32", "fp32,bf16", "bf16", "fp32,fp32", "fp32,xx"])),
 }
 
 

@@ -25,7 +25,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "old"
     proc = _cli("eval", "grid", "--run-dir", str(out), "-m", str(TINY_SHAKESPEARE), "--temperatures", "0.7,1.3",
-                "--top-ks", "0", "--seeds", "0,1", "--num-prompts", "6", "--prompt-tokens", "8",
+                "--top-ks", "0", "--top-ps", "1", "--seeds", "0,1", "--num-prompts", "6", "--prompt-tokens", "8",
                 "--max-new-tokens", "12", "--batch-size", "6", "--no-mauve", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -39,7 +39,7 @@ def split_ids() -> list[int]:
 
 def _cfg(**kw) -> GridConfig:
     base = dict(dataset="tinyshakespeare", num_prompts=4, prompt_tokens=8, max_new_tokens=8,
-                temperatures=(1.0,), top_ks=(0,), seeds=(0,), batch_size=4)
+                temperatures=(1.0,), top_ks=(0,), top_ps=(1.0,), seeds=(0,), batch_size=4)
     base.update(kw)
     return GridConfig(**base)
 

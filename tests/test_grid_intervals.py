@@ -20,7 +20,7 @@ from tests.conftest import SHARED_DATA
 
 def _cfg(**kw) -> GridConfig:
     base = dict(dataset="tinyshakespeare", num_prompts=10, prompt_tokens=8, max_new_tokens=16,
-                temperatures=(0.3, 1.5), top_ks=(0,), seeds=(0, 1), batch_size=10, n_resamples=200,
+                temperatures=(0.3, 1.5), top_ks=(0,), top_ps=(1.0,), seeds=(0, 1), batch_size=10, n_resamples=200,
                 weighted_resamples=60)
     base.update(kw)
     return GridConfig(**base)

@@ -16,7 +16,7 @@ from tests.conftest import SHARED_DATA
 
 # 20 prompts x 2 seeds: 40 texts a side, 4 k-means clusters (mauve-text: one per 10 texts of the smaller side)
 CFG = GridConfig(dataset="tinyshakespeare", num_prompts=20, prompt_tokens=8, max_new_tokens=16,
-                 temperatures=(0.3, 1.5), top_ks=(0,), seeds=(0, 1), batch_size=20, n_resamples=200,
+                 temperatures=(0.3, 1.5), top_ks=(0,), top_ps=(1.0,), seeds=(0, 1), batch_size=20, n_resamples=200,
                  weighted_resamples=40, bootstrap_seed=3)
 
 

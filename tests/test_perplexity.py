@@ -19,7 +19,10 @@ from gpt2xl.perplexity import (
     perplexity_report,
     score_spans,
     sliding_window_nll,
+    span_batches,
     window_plan,
+    window_spans,
+    windows_nll,
 )
 from tests.conftest import SHARED_DATA
 
@@ -118,6 +121,41 @@ def test_score_spans_rejects_a_span_longer_than_context_plus_one(uniform_model):
         score_spans(uniform_model, [(list(range(18)), 1)], batch_size=1)
     with pytest.raises(ConfigError):
         score_spans(uniform_model, [([1, 2], 2)], batch_size=1)
+
+
+def test_span_batches_are_the_batches_score_spans_runs(uniform_model):
+    spans = [([1, 2, 3, 4, 5], 1), ([1, 2, 3], 1), ([6, 7, 8, 9, 10], 2), ([1, 2], 1)]
+    assert span_batches(spans, batch_size=2) == [[3, 1], [0, 2]]  # by length, ties in order, cut every 2
+    calls: list[int] = []
+    original = uniform_model.forward
+
+    def counting(ids, *args, **kwargs):
+        calls.append(ids.shape[0])
+        return original(ids, *args, **kwargs)
+
+    uniform_model.forward = counting
+    try:
+        score_spans(uniform_model, spans, batch_size=2)
+    finally:
+        del uniform_model.forward
+    assert calls == [2, 2]
+
+
+def test_a_scorer_elsewhere_is_reduced_as_here_and_a_missing_score_is_refused(uniform_model):
+    ids = list(range(60))
+    asked: list[int] = []
+
+    def scorer(spans, *, batch_size, progress=False, progress_desc="scoring"):
+        asked.append(len(spans))
+        return score_spans(uniform_model, spans, batch_size=batch_size, progress=progress, progress_desc=progress_desc)
+
+    there = sliding_window_nll(uniform_model, ids, stride=8, batch_size=3, scorer=scorer)
+    assert there == sliding_window_nll(uniform_model, ids, stride=8, batch_size=3)
+    plan = window_plan(60, max_length=16, stride=8)
+    assert asked == [len(plan)]
+    scored = score_spans(uniform_model, window_spans(ids, plan), batch_size=3)
+    with pytest.raises(ConfigError, match="windows but"):
+        windows_nll(plan, scored[:-1], num_tokens=60, context_length=16, stride=8)
 
 
 def test_progress_callback_counts_windows(uniform_model):

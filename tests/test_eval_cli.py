@@ -14,9 +14,11 @@ from tests.conftest import SHARED_DATA, TINY_SHAKESPEARE
 
 # A run of a few seconds on the tiny model: perplexity on 300 tokens, 3 LAMBADA examples, a 2 x 2 grid.
 SMALL_RUN = ["--model", str(TINY_SHAKESPEARE), "--data-dir", str(SHARED_DATA), "--ppl-datasets", "tinyshakespeare",
-             "--ppl-max-tokens", "300", "--lambada-max-examples", "3", "--temperatures", "0.7,1.3", "--top-ks", "0,5",
+             "--ppl-max-tokens", "300", "--lambada-max-examples", "3", "--temperatures", "0.7,1.3", "--top-ks", "0,5", "--top-ps", "1",
              "--seeds", "3", "--num-prompts", "3", "--prompt-tokens", "8", "--max-new-tokens", "6", "--batch-size",
              "3", "--no-progress"]
+# eval run's own options that eval grid lacks: the precision comparison off, to keep the runs small
+RUN_ONLY = ["--dtypes", "fp32"]
 
 
 def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -65,7 +67,7 @@ def test_eval_run_end_to_end_writes_json_csv_plots_and_report(monkeypatch, capsy
         monkeypatch, capsys,
         "eval", "run", "--run-dir", str(run_dir), "--model", str(tiny_shakespeare_dir), "--data-dir", str(SHARED_DATA),
         "--ppl-datasets", "tinyshakespeare", "--ppl-max-tokens", "300", "--lambada-max-examples", "3",
-        "--temperatures", "0.7,1.3", "--top-ks", "0,5", "--seeds", "3", "--num-prompts", "3",
+        "--temperatures", "0.7,1.3", "--top-ks", "0,5", "--top-ps", "1", "--seeds", "3", "--num-prompts", "3",
         "--prompt-tokens", "8", "--max-new-tokens", "6", "--batch-size", "3", "--no-progress",
     )
     assert code == 0, err
@@ -114,7 +116,8 @@ def _files(run_dir):
 
 
 def _run(monkeypatch, capsys, run_dir, *extra):
-    code, out, err = _main(monkeypatch, capsys, "eval", "run", "--run-dir", str(run_dir), *SMALL_RUN, *extra)
+    code, out, err = _main(monkeypatch, capsys, "eval", "run", "--run-dir", str(run_dir), *SMALL_RUN, *RUN_ONLY,
+                           *extra)
     assert code == 0, err
     return json.loads((run_dir / "eval.json").read_text()), out, err
 
@@ -134,7 +137,8 @@ def test_grid_and_run_read_the_one_default_grid():
                           max_new_tokens=d["max_new_tokens"], batch_size=d["batch_size"])
         assert cfg == DEFAULT_GRID, name
     assert DEFAULT_GRID.seeds == (0, 1, 2)
-    assert DEFAULT_GRID.top_ps == (1.0,)  # top-p off by default: the cells are those of a grid without it
+    assert 1.0 in DEFAULT_GRID.top_ps  # no nucleus cut, beside
+    assert any(p < 1 for p in DEFAULT_GRID.top_ps)  # nucleus sampling: the default compares the two
 
 
 def test_every_consumer_takes_its_metrics_from_the_table(monkeypatch, capsys, tmp_path):
@@ -256,7 +260,7 @@ def test_finished_parts_are_saved_before_the_grid_and_a_rerun_resumes(monkeypatc
 
     with monkeypatch.context() as m:
         m.setattr(gpt2xl.grid, "run_grid", grid_dies)
-        m.setattr(sys, "argv", ["gpt2xl", "eval", "run", "--run-dir", str(tmp_path), *SMALL_RUN])
+        m.setattr(sys, "argv", ["gpt2xl", "eval", "run", "--run-dir", str(tmp_path), *SMALL_RUN, *RUN_ONLY])
         with pytest.raises(RuntimeError, match="killed during the grid"):
             cli.main()
     saved = json.loads((tmp_path / "eval.json").read_text())

@@ -9,8 +9,8 @@ Their columns map onto our metric table: perplexity (of the generated text under
 ``generation_perplexity``, Self-BLEU4 is ``self_bleu_4``, the Zipf coefficient is
 ``zipf_coefficient``, and Repetition % is ``repetition_rate`` x 100 (stored here as a fraction).
 
-The values were transcribed from the paper's Table 1 by hand, offline; ``SOURCE`` says so in
-every result that carries them. Our prompts are not WebText (it is not available here) and our
+The values were transcribed by hand and could not be checked against the paper offline;
+``SOURCE`` says so in every result that carries them. Our prompts are not WebText (it is not available here) and our
 generations are shorter, so a row is comparable in its ordering and direction, not in value.
 """
 
@@ -24,7 +24,8 @@ from gpt2xl.grid import GridConfig
 
 NAME = "holtzman"
 SOURCE = ("Holtzman et al. (2020), The Curious Case of Neural Text Degeneration, ICLR, Table 1 (GPT-2 Large, "
-          "5,000 WebText-prompted continuations of up to 200 tokens per row); transcribed by hand.")
+          "5,000 WebText-prompted continuations of up to 200 tokens per row); transcribed by hand and not checked "
+          "against the paper here (offline): verify before quoting them.")
 CAVEAT = ("The prompts differ (WebText is not available here; ours are cut from the run's dataset) and so do the "
           "model (unless it is GPT-2 Large) and the generation length: compare each column's ordering across rows, "
           "not the values.")

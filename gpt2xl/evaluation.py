@@ -947,6 +947,34 @@ def _start_workers(
     return resources.enter_context(cluster.pool(spec))
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Started:
+    """What a grid run has once its checks passed: the data, the model, the Ray workers (None
+    without ``--ray``), the eval.json document with its provenance, and when the work began."""
+
+    data: EvalData
+    loaded: LoadedModel
+    pool: WorkerPool | None
+    doc: dict[str, Any]
+    t0: float
+
+
+def _start(opts: GridOptions, resources: contextlib.ExitStack, config: dict[str, Any]) -> _Started:
+    """The start every grid command shares: every check (:meth:`GridOptions.prepare`), the Ray
+    cluster when asked (connected before the model loads, so a dead address costs no load), the
+    model, the workers, and a document recording ``config`` and the workers."""
+    shape, data = opts.prepare(resources)
+    t0 = time.perf_counter()
+    cluster = opts.connect(resources, shape)
+    loaded = opts.load(shape, data)
+    pool = _start_workers(opts, cluster, loaded, resources)
+    corpus, split = data.corpora[opts.grid.dataset]
+    doc = base_doc(loaded.provenance(), corpus, split, list(opts.grid.seeds), config)
+    if cluster is not None:
+        doc["environment"]["ray"] = cluster.describe()
+    return _Started(data=data, loaded=loaded, pool=pool, doc=doc, t0=t0)
+
+
 def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: Hooks | None = None) -> EvalOutcome:
     """``gpt2xl eval grid``: the checks (the run directory locked until the files are written),
     the model, the grid, and the result set in ``opts.run_dir``. Perplexity and LAMBADA results
@@ -954,16 +982,8 @@ def evaluate_grid(opts: GridOptions, *, render: Renderer | None = None, hooks: H
     hooks = hooks or Hooks()
     cfg = opts.grid
     with contextlib.ExitStack() as resources:
-        shape, data = opts.prepare(resources)
-        t0 = time.perf_counter()
-        cluster = opts.connect(resources, shape)
-        loaded = opts.load(shape, data)
-        pool = _start_workers(opts, cluster, loaded, resources)
-        corpus, split = data.corpora[cfg.dataset]
-        doc = base_doc(loaded.provenance(), corpus, split, list(cfg.seeds), {"grid": cfg.to_dict(),
-                                                                             "threads": opts.threads})
-        if cluster is not None:
-            doc["environment"]["ray"] = cluster.describe()
+        run = _start(opts, resources, {"grid": cfg.to_dict(), "threads": opts.threads})
+        data, loaded, pool, doc, t0 = run.data, run.loaded, run.pool, run.doc, run.t0
         previous = data.previous
         if previous is not None and opts.kept_parts(previous) and opts.run_dir is not None:
             check_same_model(previous["model"], spec=opts.model, dtype=opts.dtype, run_dir=opts.run_dir,
@@ -1075,20 +1095,13 @@ def evaluate_run(opts: RunOptions, *, render: Renderer | None = None, hooks: Hoo
     hooks = hooks or Hooks()
     cfg = opts.grid
     with contextlib.ExitStack() as resources:
-        shape, data = opts.prepare(resources)
-        t0 = time.perf_counter()
-        cluster = opts.connect(resources, shape)
-        loaded = opts.load(shape, data)
-        pool = _start_workers(opts, cluster, loaded, resources)
-        corpus, split = data.corpora[cfg.dataset]
-        doc = base_doc(loaded.provenance(), corpus, split, list(cfg.seeds), {
+        run = _start(opts, resources, {
             "grid": cfg.to_dict(), "ppl_datasets": list(opts.ppl_datasets), "stride": opts.stride,
             "ppl_batch_size": opts.ppl_batch_size, "ppl_max_tokens": opts.ppl_max_tokens,
             "lambada_max_examples": opts.lambada_max_examples, "threads": opts.threads,
         })
+        data, loaded, pool, doc, t0 = run.data, run.loaded, run.pool, run.doc, run.t0
         doc["datasets"] = {name: dataset_info(c, s) for name, (c, s) in data.corpora.items()}
-        if cluster is not None:
-            doc["environment"]["ray"] = cluster.describe()
         previous = data.previous
         if previous is not None and opts.run_dir is not None and opts.kept_parts(previous):
             check_same_model(previous["model"], spec=opts.model, dtype=opts.dtype, run_dir=opts.run_dir,

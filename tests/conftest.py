@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,13 @@ SHARED = REPO.parent / "shared"
 TINY_SHAKESPEARE = SHARED / "models" / "gpt2-tiny-shakespeare"
 TINY_SHAKESPEARE_LEGACY = SHARED / "models" / "gpt2-tiny-shakespeare-legacy"
 SHARED_DATA = SHARED / "data"
+
+
+def pytest_report_header() -> str:
+    """Free disk where the tests write: a machine that runs out halfway turns every test that
+    writes a file into an error, and this line says so before the first one."""
+    tmp = Path(tempfile.gettempdir())
+    return f"free disk in {tmp}: {shutil.disk_usage(tmp).free / 2**30:.1f} GiB"
 
 
 @pytest.fixture(scope="session", autouse=True)

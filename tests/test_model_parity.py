@@ -25,7 +25,7 @@ SHAPES = {
 }
 
 
-def _save_hf_checkpoint(tmp_path_factory, name: str, *, safe: bool = True):
+def _save_hf_checkpoint(tmp_path, name: str, *, safe: bool = True):
     n_layer, n_head, n_embd, n_positions, n_inner = SHAPES[name]
     torch.manual_seed(1234)
     config = GPT2Config(
@@ -37,7 +37,8 @@ def _save_hf_checkpoint(tmp_path_factory, name: str, *, safe: bool = True):
         for pname, p in hf.named_parameters():
             if pname.endswith("bias") or ".ln_" in pname:
                 p.add_(torch.randn_like(p) * 0.05)
-    path = tmp_path_factory.mktemp(f"hf-{name}-{'st' if safe else 'bin'}")
+    # Function-scoped: the xl-width checkpoint is half a GB, removed as soon as its test passes.
+    path = tmp_path / f"hf-{name}-{'st' if safe else 'bin'}"
     hf.save_pretrained(path)
     if not safe:  # transformers 5 writes safetensors only; write the legacy pickle format by hand
         (path / "model.safetensors").unlink()
@@ -64,13 +65,13 @@ def _check_parity(hf: GPT2LMHeadModel, path, *, block_size: int) -> None:
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_logits_and_greedy_match_transformers(tmp_path_factory, name):
-    hf, path = _save_hf_checkpoint(tmp_path_factory, name)
+def test_logits_and_greedy_match_transformers(tmp_path, name):
+    hf, path = _save_hf_checkpoint(tmp_path, name)
     _check_parity(hf, path, block_size=SHAPES[name][3])
 
 
-def test_pytorch_model_bin_checkpoint_loads_with_weights_only(tmp_path_factory):
-    hf, path = _save_hf_checkpoint(tmp_path_factory, "tiny", safe=False)
+def test_pytorch_model_bin_checkpoint_loads_with_weights_only(tmp_path):
+    hf, path = _save_hf_checkpoint(tmp_path, "tiny", safe=False)
     assert (path / "pytorch_model.bin").is_file() and not (path / "model.safetensors").exists()
     _check_parity(hf, path, block_size=SHAPES["tiny"][3])
 
@@ -130,8 +131,8 @@ def test_fp16_and_bf16_forward_stay_finite_and_close(tiny_shakespeare_dir):
         assert agree > 0.9, (dtype, agree)
 
 
-def test_reference_and_cached_agree_on_transformers_checkpoint(tmp_path_factory):
-    hf, path = _save_hf_checkpoint(tmp_path_factory, "odd")
+def test_reference_and_cached_agree_on_transformers_checkpoint(tmp_path):
+    hf, path = _save_hf_checkpoint(tmp_path, "odd")
     ours = load_model(str(path)).model
     prompt = [[11, 22, 33, 44]] * 2
     cfg = SamplingConfig(max_new_tokens=60, temperature=0.9, top_k=50, stop_at_eot=False)  # runs past the 40 context

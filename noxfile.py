@@ -3,6 +3,9 @@
 torch is installed first and pinned by ``GPT2XL_TORCH`` (default ``torch==2.13.0``, the CPU wheel
 these machines carry); on a GPU host set e.g. ``GPT2XL_TORCH="torch==2.13.0 --index-url …cu128"``.
 The project's own floor (``torch>=2.4``) is then already satisfied and pulls nothing more.
+``GPT2XL_TORCH=system`` keeps the torch of the Python that runs nox (a GPU image's own build): the
+session venvs see that Python's packages and nothing installs torch. A host with no network at all
+runs ``tools/gpu_host_run.sh`` instead (README, "On a GPU host").
 
 All sessions of one ``nox`` invocation share a run directory ``reports/<run-id>/`` (override
 with ``GPT2XL_RUN_ID``), so ``nox -s bench eval`` yields one report joining both.
@@ -23,6 +26,8 @@ nox.options.reuse_existing_virtualenvs = True  # torch is 200 MB: install it onc
 
 ROOT = Path(__file__).resolve().parent
 TORCH_SPEC = os.environ.get("GPT2XL_TORCH", "torch==2.13.0")
+SYSTEM_TORCH = TORCH_SPEC == "system"
+VENV_PARAMS = ["--system-site-packages"] if SYSTEM_TORCH else []
 RUN_ID = os.environ.get("GPT2XL_RUN_ID") or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 SHARED = ROOT.parent / "shared"
 DATA_DIR = os.environ.get("GPT2XL_DATA_DIR", str(SHARED / "data"))
@@ -31,8 +36,16 @@ DATA_DIR = os.environ.get("GPT2XL_DATA_DIR", str(SHARED / "data"))
 PEERS = os.environ.get("GPT2XL_PEERS", "1") != "0"  # GPT2XL_PEERS=0: no llama.cpp build
 
 
+def _install_torch(session: nox.Session) -> None:
+    """torch first, so that the project's floor on it pulls nothing more."""
+    if SYSTEM_TORCH:
+        session.run("python", "-c", "import torch; print('torch', torch.__version__, 'from', torch.__file__)")
+    else:
+        session.install(*shlex.split(TORCH_SPEC))
+
+
 def _install(session: nox.Session) -> None:
-    session.install(*shlex.split(TORCH_SPEC))
+    _install_torch(session)
     session.install("-e", ".[dev]")
     if PEERS:
         # The llama.cpp peer (gpt2xl[peers]) compiles llama.cpp from source: ~6 min on 2 cores the
@@ -49,14 +62,15 @@ def _env() -> dict[str, str]:
     return {"GPT2XL_DATA_DIR": DATA_DIR, "GPT2XL_RUN_ID": RUN_ID, "TOKENIZERS_PARALLELISM": "false"}
 
 
-@nox.session
+@nox.session(venv_params=VENV_PARAMS)
 def tests(session: nox.Session) -> None:
     """Unit and parity tests (offline, a few minutes on 2 cores). Extra args go to pytest."""
     _install(session)
-    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+    # "python -m": with GPT2XL_TORCH=system a pytest of the host's Python is on the PATH as well
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]), env=_env())
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def lint(session: nox.Session) -> None:
     """ruff and mypy over gpt2xl/, gpt2xl_app/ and bench/ (rules and paths: pyproject.toml).
 
@@ -64,19 +78,19 @@ def lint(session: nox.Session) -> None:
     the llama.cpp peer is not built: its module is typed as missing where it is absent. The code
     base is not ``ruff format``-ed, so only ``ruff check`` runs.
     """
-    session.install(*shlex.split(TORCH_SPEC))  # first, so the dev extra's torch floor pulls nothing
+    _install_torch(session)
     session.install("-e", ".[dev]")
     failed = []
     for tool in ("ruff check", "mypy"):  # both run, so one CI log shows every finding
         try:
-            session.run(*tool.split())
+            session.run("python", "-m", *tool.split())
         except CommandFailed:
             failed.append(tool)
     if failed:
         session.error(f"{' and '.join(failed)} reported the findings above.")
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def bench(session: nox.Session) -> None:
     """Throughput benchmarks → reports/<run-id>/bench.json, report.md and plots.
 
@@ -87,7 +101,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench", "--run-dir", f"reports/{RUN_ID}", *session.posargs, env=_env())
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def eval(session: nox.Session) -> None:  # shadows the builtin: the session's name is the command users type
     """Perplexity and the temperature x top-k grid → reports/<run-id>/eval.json, CSV, plots, report.
 
@@ -97,7 +111,7 @@ def eval(session: nox.Session) -> None:  # shadows the builtin: the session's na
     session.run("gpt2xl", "eval", "run", "--run-dir", f"reports/{RUN_ID}", *session.posargs, env=_env())
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def gate(session: nox.Session) -> None:
     """CI regression gate: speed ratios measured in one run (samplers interleaved round by round,
     one thread) against the baseline for this CPU kind, bench/baselines/gate-cpu-<kind>.json (kind:

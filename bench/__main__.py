@@ -13,6 +13,11 @@ Examples::
     python -m bench --run-dir reports/x --profile full --dtype fp32,bf16
     python -m bench --run-dir reports/ci-gate --profile gate      # ratios for the CI gate
     python -m bench --run-dir reports/t --autotune fresh          # re-measure the kernel choices first
+    python -m bench --run-dir reports/gpu --profile cuda --device cuda   # one GPU, ~5-9 min (estimate)
+
+A run that asks for CUDA (``--device cuda``, or the CUDA-only ``cuda`` profile) on a machine where
+torch sees no CUDA device is refused with one ``error:`` line before pytest starts, instead of
+skipping every case and passing.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from bench.profiles import PROFILES, get_profile, local_xl_model, parse_dtypes
-from gpt2xl.errors import ConfigError, GPT2XLError, OutputError, WeightsError
+from gpt2xl.errors import ConfigError, DeviceError, GPT2XLError, OutputError, WeightsError
 from gpt2xl.results import new_run_id, run_dir_lock
-from gpt2xl.validation import check_int, check_memory, check_output_dir, check_seed
+from gpt2xl.validation import check_float, check_int, check_memory, check_output_dir, check_seed
 
 # This module stays torch-free at import (torch takes about a second to import), so that a bad
 # option fails at once: these mirror gpt2xl.autotune.MODES, which conftest passes to pytest.
@@ -55,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
                         help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()))
     parser.add_argument("--model", default=None,
-                        help=("model spec (default: the profile's; quick/full: gpt2-xl if in the HF cache, else "
+                        help=("model spec (default: the profile's; quick/full/cuda: gpt2-xl if in the HF cache, else "
                               "random:gpt2-xl)"))
     parser.add_argument("--device", default="all", choices=("cpu", "cuda", "all"),
-                        help="all (default) lists CUDA cases too; they are skipped with a reason when CUDA is absent")
+                        help=("all (default) lists CUDA cases too, skipped with a reason when CUDA is absent; cuda "
+                              "(or the cuda profile) is refused where torch sees no CUDA device"))
     parser.add_argument("--dtype", default=None,
                         help="comma list of fp32,bf16,fp16 (default: the profile's per device)")
     parser.add_argument("--probe-bytes", type=int, default=None,
@@ -70,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--autotune", default="cached", choices=AUTOTUNE_MODES,
                         help="kernel choices per projection: off (the plain plan), cached (default: measured once per "
                              "CPU / torch / threads / dtype and reused), fresh (measure again)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds after the start past which no further case starts; the rest are skipped with "
+                             "the reason (default: the profile's; cuda: 360)")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     parser.add_argument("--no-report", action="store_true", help="write bench.json only")
     return parser
@@ -96,6 +105,8 @@ def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
         cmd += ["--bench-probe-bytes", str(args.probe_bytes)]
     if args.threads is not None:
         cmd += ["--bench-threads", str(args.threads)]
+    if args.time_budget is not None:
+        cmd += ["--bench-time-budget", repr(args.time_budget)]
     if args.keyword:
         cmd += ["-k", args.keyword]
     return cmd
@@ -122,8 +133,11 @@ def check_args(args: argparse.Namespace, env: dict[str, str]) -> Path:
                      what=f"--probe-bytes {args.probe_bytes:,} (the copy probe holds two buffers)",
                      hint="pass a smaller --probe-bytes, or leave it out for a quarter of the available memory.")
     check_seed("--seed", args.seed)
+    if args.time_budget is not None:
+        check_float("--time-budget", args.time_budget, minimum=1.0, hint=" Pass a number of seconds, e.g. 360.")
     if args.dtype is not None:
         args.dtype = ",".join(parse_dtypes(args.dtype))
+    check_devices(args.profile, args.device)
     if args.model is not None:
         if not args.model.strip():  # Path("") is the current directory: say what was meant
             raise ConfigError("--model is empty; pass a hub name, a checkpoint directory or random:<preset>.")
@@ -144,6 +158,29 @@ def check_args(args: argparse.Namespace, env: dict[str, str]) -> Path:
         raise OutputError(
             f"--run-dir {run_dir} already holds a bench.json; pass a new directory or move that file away.")
     return check_output_dir(run_dir, name="--run-dir")
+
+
+def check_devices(profile_name: str, device: str) -> None:
+    """A run must be able to measure something on the devices it names: ``--device cpu`` with a
+    CUDA-only profile measures nothing, and CUDA asked for (``--device cuda``, or a CUDA-only
+    profile) where torch sees no CUDA device would skip every case and pass. Imports torch only
+    when CUDA is asked for. Raises ConfigError or DeviceError with what to do."""
+    profile = get_profile(profile_name)
+    others = ", ".join(name for name, p in PROFILES.items() if "cpu" in p.devices)
+    if device == "cpu" and "cpu" not in profile.devices:
+        raise ConfigError(f"Profile {profile.name} measures {', '.join(profile.devices)} only, and --device cpu "
+                          f"leaves it nothing; run it with --device cuda on a GPU host, or pick a CPU profile "
+                          f"({others}).")
+    if device == "cuda" or profile.devices == ("cuda",):
+        import torch
+
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            what = f"Profile {profile.name}" if device != "cuda" else "--device cuda"
+            raise DeviceError(
+                f"{what} needs a CUDA device, and torch {torch.__version__} ({build}) sees none; run it on a GPU "
+                f"host with a CUDA build of torch, or measure the CPU with --device cpu and a CPU profile ({others})."
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

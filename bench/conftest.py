@@ -24,7 +24,7 @@ BENCH_KINDS = ("throughput", "scaling", "ratios")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gpt2xl-bench", "gpt2xl throughput benchmarks")
-    group.addoption("--bench-profile", default="quick", help="smoke, gate, quick (default) or full")
+    group.addoption("--bench-profile", default="quick", help="smoke, gate, quick (default), full or cuda")
     group.addoption("--bench-model", default=None,
                     help="model spec; default: the profile's, else pretrained gpt2-xl if cached, else random:gpt2-xl")
     group.addoption("--bench-device", default="all", help="cpu, cuda or all (default; absent CUDA is skipped)")
@@ -37,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-seed", type=int, default=0, help="seed of random weights, prompts and sampling")
     group.addoption("--bench-autotune", default="cached", choices=AUTOTUNE_MODES,
                     help="kernel choices: off (plain plan), cached (default: tune once per machine), fresh (re-tune)")
+    group.addoption("--bench-time-budget", type=float, default=None,
+                    help="seconds after the start past which no case starts (default: the profile's)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,6 +61,7 @@ def _state(config: pytest.Config) -> BenchState:
             probe_bytes=config.getoption("--bench-probe-bytes") or profile.probe_bytes,
             seed=config.getoption("--bench-seed"),
             autotune=config.getoption("--bench-autotune"),
+            time_budget_s=config.getoption("--bench-time-budget"),
         )
         threads = config.getoption("--bench-threads") or profile.threads
         if threads:

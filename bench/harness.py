@@ -11,9 +11,19 @@ bandwidth probes and roofline basis go into ``machine_info["gpt2xl"]``.
 - **Runners**: a zero-argument call per sampler that generates exactly ``case.new_tokens`` tokens
   and returns a :class:`Round` (prefill and decode timed apart). A sampler that cannot run a case
   here raises :class:`SamplerUnavailable` with the reason, and the case is skipped with it.
-- **Validity**: a round whose prefill or decode time is zero, negative or not finite is invalid;
-  a case (or a sampler of an interleaved case) with no valid round is recorded with
-  ``"valid": false`` and ``invalid_reason``; nothing divides by such a time.
+- **Validity**: a round whose prefill or decode time is zero, negative or not finite is invalid,
+  and so is a round of a compiled sampler during which ``torch.compile`` compiled a graph (its
+  timing holds the compile); a case (or a sampler of an interleaved case) with no valid round is
+  recorded with ``"valid": false`` and ``invalid_reason``; nothing divides by such a time.
+- **Warm-up**: the compiled samplers (``bench.profiles.COMPILED_SAMPLERS``) get the profile's
+  ``compile_warmup_rounds``: compiling and CUDA-graph capture happen there. Each case records how
+  many warm-up rounds ran, each one's wall time, and ``compile_s_estimate`` = the first warm-up
+  round's wall time minus the median timed round's (an estimate of the compile and capture cost).
+- **Finite logits**: ``sampled_logits_finite`` says whether every sampled token came from finite
+  logits: ours check every step and raise ``NumericalError`` (the case fails), HF's are checked by
+  ``bench.hf_baseline.TokenTimes`` and recorded; None where it is not observed (llama.cpp).
+- **Time budget**: past the profile's ``time_budget_s`` (or ``--time-budget``) no further case
+  starts; each is skipped with the reason and listed in ``machine_info``.
 - **Roofline**: each case records the weight bytes/s it achieved; once every case has run,
   :func:`finalize_roofline` takes the best of every probe and every engine as each device's basis,
   so no fraction exceeds 1.
@@ -25,16 +35,16 @@ import gc
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 
-from bench.hf_baseline import build_hf_model, hf_generate_timed, hf_weight_layout
-from bench.profiles import BETWEEN_PROBE_BYTES, Case, Profile
+from bench.hf_baseline import HF_COMPILED, HF_EAGER, HFMode, build_hf_model, hf_generate_timed, hf_weight_layout
+from bench.profiles import BETWEEN_PROBE_BYTES, COMPILED_SAMPLERS, Case, Profile
 from bench.records import (
     RATIOS,
     engine_candidates,
@@ -79,6 +89,7 @@ TOP_K = 40
 # llama.cpp runs the case's weights in the GGUF type of the case's dtype; "llamacpp-q8_0" in q8_0.
 LLAMACPP_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 GGUF_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 + an f16 scale
+HF_MODES = {"hf": HF_EAGER, "hf-compiled": HF_COMPILED}  # the HF samplers and how each runs generate
 
 
 class SamplerUnavailable(Exception):
@@ -96,6 +107,9 @@ class Round:
     decode_s: float
     new_tokens: int
     batch_size: int
+    logits_finite: bool | None = None  # every sampled token came from finite logits (None: not observed)
+    graphs_compiled: int | None = None  # torch.compile graphs compiled during it (None: not counted)
+    step_s: tuple[float, ...] = ()  # each decode step's duration, where the runner sees them (HF)
 
     @property
     def invalid_reason(self) -> str | None:
@@ -106,6 +120,9 @@ class Round:
             return f"{self.new_tokens} new token(s): no decode step to time"
         if not is_rate(self.decode_s):
             return f"decode time {self.decode_s!r} s is not positive and finite"
+        if self.graphs_compiled:
+            return (f"torch.compile compiled {self.graphs_compiled} graph(s) during this round, so its time holds "
+                    "the compile; give the sampler more warm-up rounds (compile_warmup_rounds)")
         return None
 
     @property
@@ -190,6 +207,67 @@ def paired_ratios(timed: dict[str, list[Round]]) -> tuple[dict[str, float], dict
     return ratios, missing
 
 
+def compile_counts() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) so far in this process, from ``torch._dynamo``'s counters
+    (what ``torch._dynamo.utils.counters`` has kept since torch 2.0). Imported only when a
+    compiled sampler runs: CPU runs never load the compiler."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+@dataclass
+class SamplerCalls:
+    """Every call of one sampler's runner within a case, warm-up included: the Rounds, each
+    call's wall time, and for a compiled sampler the graphs compiled during each call and the
+    graph breaks counted over them all."""
+
+    sampler: str
+    run: Runner
+    rounds: list[Round] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    graph_breaks: int | None = None
+
+    def __call__(self) -> None:
+        counted = self.sampler in COMPILED_SAMPLERS
+        before = compile_counts() if counted else None
+        t0 = time.perf_counter()
+        r = self.run()
+        self.wall_s.append(time.perf_counter() - t0)
+        if before is not None:
+            graphs, breaks = compile_counts()
+            r = replace(r, graphs_compiled=graphs - before[0])
+            self.graph_breaks = (self.graph_breaks or 0) + breaks - before[1]
+        self.rounds.append(r)
+
+
+def logits_finite_of(rounds: Sequence[Round]) -> bool | None:
+    """False when any round saw a non-finite logit, True when every round saw only finite ones,
+    None when some round did not observe it."""
+    seen = [r.logits_finite for r in rounds]
+    if False in seen:
+        return False
+    return True if seen and all(v is True for v in seen) else None
+
+
+def compile_record(calls: SamplerCalls, warmup: int) -> dict[str, Any] | None:
+    """What compiling cost a compiled sampler (None for the others): each warm-up round's wall
+    time, the compile-and-capture estimate (first warm-up round − the median timed round), graphs
+    compiled in the warm-up and in the timed rounds (the latter makes those rounds invalid), and
+    graph breaks."""
+    if calls.sampler not in COMPILED_SAMPLERS:
+        return None
+    warm, timed = calls.wall_s[:warmup], calls.wall_s[warmup:]
+    return {
+        "warmup_rounds": warmup,
+        "warmup_round_s": warm,
+        "compile_s_estimate": warm[0] - statistics.median(timed) if warm and timed else None,
+        "graphs_compiled_warmup": sum(r.graphs_compiled or 0 for r in calls.rounds[:warmup]),
+        "graphs_compiled_timed": sum(r.graphs_compiled or 0 for r in calls.rounds[warmup:]),
+        "graph_breaks": calls.graph_breaks,
+    }
+
+
 # --- state: options, the one loaded model, probes ------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +279,12 @@ class Options:
     probe_bytes: int | None
     seed: int
     autotune: str = "cached"
+    time_budget_s: float | None = None  # None: the profile's
+
+    @property
+    def budget_s(self) -> float | None:
+        """Seconds after the run's start past which no case starts (None: no limit)."""
+        return self.time_budget_s if self.time_budget_s is not None else self.profile.time_budget_s
 
 
 @dataclass
@@ -248,6 +332,17 @@ class BenchState:
         self.entry: ModelEntry | None = None
         self.weights: dict[str, dict[str, object]] = {}  # "spec device dtype" -> LoadedModel.provenance()
         self._finished = False
+        self.started = time.monotonic()  # at collection: the run's start, for the time budget
+        self.budget_skipped: list[str] = []  # case ids skipped because the time budget was spent
+
+    def check_budget(self, case: Case) -> None:
+        """Skip ``case`` (before its model loads) when the run's time budget is spent."""
+        budget = self.options.budget_s
+        elapsed = time.monotonic() - self.started
+        if budget is not None and elapsed > budget:
+            self.budget_skipped.append(case.id(case.model or self.options.model))
+            pytest.skip(f"the time budget of {budget:.0f} s is spent ({elapsed:.0f} s since the run started): "
+                        "later cases do not start; raise it with python -m bench --time-budget SECONDS")
 
     def probe(self, device: torch.device, label: str) -> dict[str, Any]:
         """Measure ``device``'s bandwidth now (call with no model in memory where possible: the
@@ -333,6 +428,8 @@ class BenchState:
             "peak_memory_method": {"cpu": cpu_peak_method(), "cuda": "torch.cuda.max_memory_allocated after a reset"},
             "profile": self.profile.name,
             "profile_description": self.profile.description,
+            "warmup_rounds": {"default": self.profile.warmup_rounds, "compiled": self.profile.compile_warmup_rounds},
+            "time_budget": {"budget_s": self.options.budget_s, "skipped": self.budget_skipped},
             "model": self.options.model,
             "weights": self.weights,
             "seed": self.seed,
@@ -383,8 +480,10 @@ def _ours(entry: ModelEntry, case: Case, seed: int, *, sampler: str,
     def run() -> Round:
         with loaded.model.kernels_off() if plain else nullcontext():
             out = loop(loaded.model, prompts, cfg, generator=make_generator(seed, loaded.device), **options)
+        # Both loops check every step's logits and raise NumericalError at the first non-finite
+        # one (the case then fails): a call that returned sampled from finite logits only.
         return _checked(sampler, case, Round(prefill_s=out.prefill_s, decode_s=out.decode_s, new_tokens=out.steps,
-                                             batch_size=out.batch_size))
+                                             batch_size=out.batch_size, logits_finite=True))
 
     return run
 
@@ -415,7 +514,15 @@ def compiled_runner(entry: ModelEntry, case: Case, seed: int) -> Runner:
     return _ours(entry, case, seed, sampler="compiled", static=static)
 
 
-def hf_runner(entry: ModelEntry, case: Case, seed: int) -> Runner:
+def hf_runner(entry: ModelEntry, case: Case, seed: int, *, sampler: str = "hf") -> Runner:
+    """HF ``generate`` on the case's weights, in the sampler's :data:`HF_MODES` mode. The HF model
+    is built once per loaded model and shared by both HF samplers: ``generate`` keeps its compiled
+    forward on it, so every round (and a later batch size) reuses the compile."""
+    mode: HFMode = HF_MODES[sampler]
+    if mode.compile and entry.loaded.device.type != "cuda":
+        raise SamplerUnavailable(
+            "HF static cache + compile is measured on CUDA only: generate compiles its decoding forward on CUDA "
+            "(CUDA graphs); elsewhere it would run eagerly, the hf case again")
     if entry.hf is None:
         entry.hf = build_hf_model(entry.loaded.model)
         entry.hf_layout = hf_weight_layout(entry.hf)
@@ -423,11 +530,17 @@ def hf_runner(entry: ModelEntry, case: Case, seed: int) -> Runner:
     prompts = make_prompts(case, vocab_size=entry.loaded.config.vocab_size, seed=seed)
 
     def run() -> Round:
-        t = hf_generate_timed(hf, prompts, new_tokens=case.new_tokens, temperature=TEMPERATURE, top_k=TOP_K, seed=seed)
-        return _checked("hf", case, Round(prefill_s=t.prefill_s, decode_s=t.decode_s, new_tokens=t.new_tokens,
-                                          batch_size=t.batch_size))
+        t = hf_generate_timed(hf, prompts, new_tokens=case.new_tokens, temperature=TEMPERATURE, top_k=TOP_K, seed=seed,
+                              mode=mode)
+        return _checked(sampler, case, Round(prefill_s=t.prefill_s, decode_s=t.decode_s, new_tokens=t.new_tokens,
+                                             batch_size=t.batch_size, logits_finite=t.logits_finite,
+                                             step_s=t.step_s))
 
     return run
+
+
+def hf_compiled_runner(entry: ModelEntry, case: Case, seed: int) -> Runner:
+    return hf_runner(entry, case, seed, sampler="hf-compiled")
 
 
 def llamacpp_weight_type(sampler: str, dtype: str) -> str:
@@ -483,6 +596,7 @@ RUNNERS: dict[str, Callable[[ModelEntry, Case, int], Runner]] = {
     "cached-plain": cached_plain_runner,
     "compiled": compiled_runner,
     "hf": hf_runner,
+    "hf-compiled": hf_compiled_runner,
     "llamacpp": llamacpp_runner,
     "llamacpp-q8_0": llamacpp_q8_runner,
 }
@@ -539,14 +653,33 @@ def _identity(state: BenchState, entry: ModelEntry, case: Case) -> dict[str, Any
     }
 
 
-def case_metrics(entry: ModelEntry, case: Case, sampler: str, rounds: list[Round]) -> dict[str, Any]:
-    """One sampler's record for ``case`` (see :func:`sampler_record`), with its weight bytes,
-    whether it ran our tuned kernels, and the layout HF ran with."""
+def case_metrics(entry: ModelEntry, case: Case, calls: SamplerCalls, *, warmup: int) -> dict[str, Any]:
+    """One sampler's record for ``case`` from its calls (the first ``warmup`` of them warm-up; see
+    :func:`sampler_record` for the timed ones), with its weight bytes, whether it ran our tuned
+    kernels, whether its logits stayed finite, the warm-up and compile record, and how HF ran."""
+    sampler = calls.sampler
+    timed = calls.rounds[warmup:]
     weight_bytes, source = weight_bytes_of(entry, sampler, case)
-    rec = sampler_record(rounds, weight_bytes=weight_bytes, batch_size=case.batch_size)
+    rec = sampler_record(timed, weight_bytes=weight_bytes, batch_size=case.batch_size)
     rec["weight_bytes_source"] = source
     rec["kernels_used"] = sampler in ("reference", "cached", "compiled") and entry.kernels is not None
-    rec["hf_weight_layout"] = entry.hf_layout if sampler == "hf" else None
+    rec["warmup_rounds"] = warmup
+    rec["sampled_logits_finite"] = logits_finite_of(calls.rounds)
+    compiled = compile_record(calls, warmup)
+    rec["compile"] = compiled
+    rec["compile_s_estimate"] = compiled["compile_s_estimate"] if compiled is not None else None
+    rec["hf_weight_layout"] = entry.hf_layout if sampler in HF_MODES else None
+    rec["hf_generate"] = rec["decode_step_s_median"] = rec["decode_step_s_max"] = None
+    if sampler in HF_MODES:
+        mode = HF_MODES[sampler]
+        # HF sizes a static cache to the call's max_length (prompt + new tokens) and keeps the
+        # largest length any earlier call on the model used.
+        rec["hf_generate"] = {**mode.record(),
+                              "static_cache_len": case.prompt_len + case.new_tokens if mode.static_cache else None}
+        steps = [s for r in timed if r.valid for s in r.step_s]
+        # A step far above the median is a compile or a CUDA-graph (re-)capture inside the timing.
+        rec["decode_step_s_median"] = statistics.median(steps) if steps else None
+        rec["decode_step_s_max"] = max(steps) if steps else None
     if sampler.startswith("llamacpp"):
         rec["gguf_type"] = llamacpp_weight_type(sampler, case.dtype)
         rec["peer"] = peer_case_info(entry)
@@ -563,22 +696,29 @@ def _warn_invalid(entry: ModelEntry, case: Case, sampler: str, rec: dict[str, An
         warnings.warn(f"{case.id(entry.key[0])} {sampler}: invalid ({rec['invalid_reason']})", stacklevel=3)
 
 
+def warmup_for(profile: Profile, sampler: str, warmup_rounds: int) -> int:
+    """A compiled sampler's warm-up rounds: at least the profile's compile_warmup_rounds."""
+    return max(warmup_rounds, profile.compile_warmup_rounds) if sampler in COMPILED_SAMPLERS else warmup_rounds
+
+
 def measure_case(benchmark: BenchmarkFixture, state: BenchState, case: Case, *, rounds: int, warmup_rounds: int,
                  kind: str = "throughput") -> dict[str, Any]:
     """Load (or reuse) the model, time ``case`` with pytest-benchmark, record its metrics."""
+    state.check_budget(case)
     entry = state.model_for(case)
     _require_finite(entry, case)
     try:
         run = make_runner(entry, case, seed=state.seed)
     except SamplerUnavailable as exc:
         pytest.skip(str(exc))
-    done: list[Round] = []
+    warmup = warmup_for(state.profile, case.sampler, warmup_rounds)
+    calls = SamplerCalls(sampler=case.sampler, run=run)
     benchmark.group = f"{entry.key[0]} {case.device} {case.dtype}"
     reset_peak_memory(entry.loaded.device)
-    benchmark.pedantic(lambda: done.append(run()), rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    benchmark.pedantic(calls, rounds=rounds, warmup_rounds=warmup, iterations=1)
     peak = peak_memory_bytes(entry.loaded.device)
     metrics = {"kind": kind, "sampler": case.sampler, **_identity(state, entry, case),
-               **case_metrics(entry, case, case.sampler, done[warmup_rounds:]), "peak_memory_bytes": peak}
+               **case_metrics(entry, case, calls, warmup=warmup), "peak_memory_bytes": peak}
     benchmark.extra_info.update(metrics)
     _warn_invalid(entry, case, case.sampler, metrics)
     return metrics
@@ -586,37 +726,38 @@ def measure_case(benchmark: BenchmarkFixture, state: BenchState, case: Case, *, 
 
 def ratio_samplers(profile: Profile, case: Case) -> list[str]:
     """The samplers an interleaved run takes in turn, in order (those that cannot run are left out
-    with their reason)."""
-    return [*profile.ratio_samplers, *(["compiled"] if case.device == "cuda" else [])]
+    with their reason): the profile's, plus both compiled samplers on CUDA."""
+    return [*profile.ratio_samplers, *(["compiled", "hf-compiled"] if case.device == "cuda" else [])]
 
 
 def measure_ratios(benchmark: BenchmarkFixture, state: BenchState, case: Case) -> dict[str, Any]:
     """Every available sampler in turn within every round, so a neighbour's load hits them alike:
     the paired per-round ratios are what a gate on a shared machine can rely on. The case's
     top-level metrics are the cached sampler's; ``samplers`` holds each one's record."""
+    state.check_budget(case)
     entry = state.model_for(case)
     _require_finite(entry, case)
-    runners: dict[str, Runner] = {}
+    calls: dict[str, SamplerCalls] = {}
     skipped: dict[str, str] = {}
     for sampler in ratio_samplers(state.profile, case):
         try:
-            runners[sampler] = make_runner(entry, case, seed=state.seed, sampler=sampler)
+            run = make_runner(entry, case, seed=state.seed, sampler=sampler)
+            calls[sampler] = SamplerCalls(sampler=sampler, run=run)
         except SamplerUnavailable as exc:
             skipped[sampler] = str(exc)
-    done: dict[str, list[Round]] = {s: [] for s in runners}
 
     def one_round() -> None:
-        for sampler, run in runners.items():
-            done[sampler].append(run())
+        for sampler_calls in calls.values():
+            sampler_calls()
 
     benchmark.group = f"{entry.key[0]} {case.device} {case.dtype} ratios"
     reset_peak_memory(entry.loaded.device)
-    warmup = 1
+    # Every sampler runs in every round, so all get the warm-up the most demanding one needs.
+    warmup = max(warmup_for(state.profile, s, 1) for s in calls) if calls else 1
     benchmark.pedantic(one_round, rounds=state.profile.ratio_rounds, warmup_rounds=warmup, iterations=1)
     peak = peak_memory_bytes(entry.loaded.device)
-    timed = {s: rounds[warmup:] for s, rounds in done.items()}
-    ratios, missing = paired_ratios(timed)
-    samplers = {s: case_metrics(entry, case, s, rs) for s, rs in timed.items()}
+    ratios, missing = paired_ratios({s: c.rounds[warmup:] for s, c in calls.items()})
+    samplers = {s: case_metrics(entry, case, c, warmup=warmup) for s, c in calls.items()}
     metrics = {"kind": "ratios", "sampler": "cached", **_identity(state, entry, case), **samplers["cached"],
                "peak_memory_bytes": peak, "samplers": samplers, "samplers_skipped": skipped, "ratios": ratios,
                "ratios_missing": missing}

@@ -1,8 +1,8 @@
 """Benchmark profiles: which cases a run measures, as data.
 
-A *case* is one (model, device, dtype, sampler, batch, prompt length, new tokens) point. Profiles
-are sized for a 2-core CPU box, where our gpt2-xl decodes about 5 tok/s in fp32 and 10 in bf16
-and the quick profile measured in 9 min 19 s (README, "Measured here"):
+A *case* is one (model, device, dtype, sampler, batch, prompt length, new tokens) point. The CPU
+profiles are sized for a 2-core CPU box, where our gpt2-xl decodes about 5 tok/s in fp32 and 10
+in bf16 and the quick profile measured in 9 min 19 s (README, "Measured here"):
 
 - ``smoke``: ``random:tiny``, seconds; for tests of the pipeline itself.
 - ``gate``: ``random:gpt2`` fp32, the samplers interleaved round by round so their RATIOS hold on
@@ -15,6 +15,16 @@ and the quick profile measured in 9 min 19 s (README, "Measured here"):
   on a quiet 2-core machine.
 - ``full``: adds fp16, batch 4, 128 new tokens, interleaved ratio runs and a longer sweep; tens
   of minutes.
+- ``cuda``: one GPU only (no CPU case): gpt2-xl (the run's model) fp16, bf16 and fp32 at batch 1
+  with reference, cached, compiled, HF eager and HF static cache + compile, and fp16 at batch 16
+  (cached, compiled, HF, HF compiled); 16-token prompt, 64 new tokens. The most important cases
+  (fp16 batch 1: compiled, HF, HF compiled) run first. Expected duration on one H100, an
+  ESTIMATE, not a measurement: 5 to 9 minutes, dominated by its 8 compiles (our compiled step and
+  HF's per dtype at batch 1, and both at fp16 batch 16: 30-90 s each for a 48-layer model); the
+  eager cases take seconds each (HF eager ~15-25 ms/token, ours ~5-10 ms eager, ~1.5-2 ms
+  compiled in fp16). Its time budget (``time_budget_s``, 360 s; ``python -m bench
+  --time-budget``) stops STARTING cases after that, skipping the rest with the reason, so the
+  run ends with its bench.json and report even when compiles run long.
 
 CUDA cases are listed in every profile so that a machine without a GPU shows them as SKIPPED
 with the reason, rather than silently measuring less.
@@ -22,7 +32,8 @@ with the reason, rather than silently measuring less.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from gpt2xl.dtypes import DTYPE_NAMES, check_dtype_name
 from gpt2xl.errors import ConfigError
@@ -32,11 +43,17 @@ from gpt2xl.validation import parse_list
 # autotuned for this machine; "cached-plain": the same with the tuned kernels switched off (plain
 # F.linear on the same storage: what tuning adds, same run); "compiled": static cache + a
 # torch.compile'd step (CUDA graphs), measured on CUDA only (on CPU it compiles for ~20 s per shape
-# and measured slower than eager); "hf": transformers' generate on the same weights;
+# and measured slower than eager); "hf": transformers' generate on the same weights (its default
+# dynamic cache, eager); "hf-compiled": the same with a static cache, whose decoding forward
+# generate compiles itself on CUDA (mode reduce-overhead: CUDA graphs; see bench.hf_baseline),
+# the fair GPU peer of "compiled", measured on CUDA only like it;
 # "llamacpp": llama.cpp (llama-cpp-python) on the same weights converted to GGUF, the type from the
 # case dtype (fp32 -> f32, bf16 -> bf16, fp16 -> f16); "llamacpp-q8_0": the same quantized to q8_0.
-SAMPLERS = ("reference", "cached", "cached-plain", "compiled", "hf", "llamacpp", "llamacpp-q8_0")
-CUDA_ONLY_SAMPLERS = ("compiled",)
+SAMPLERS = ("reference", "cached", "cached-plain", "compiled", "hf", "hf-compiled", "llamacpp", "llamacpp-q8_0")
+CUDA_ONLY_SAMPLERS = ("compiled", "hf-compiled")
+# Samplers that torch.compile and capture CUDA graphs in their first calls: they get
+# Profile.compile_warmup_rounds warm-up rounds, and a timed round that compiled is invalid.
+COMPILED_SAMPLERS = ("compiled", "hf-compiled")
 CPU_ONLY_SAMPLERS = ("llamacpp", "llamacpp-q8_0")
 DEVICES = ("cpu", "cuda")
 BETWEEN_PROBE_BYTES = 1 << 30  # probes between models: cheap, still far beyond any cache
@@ -100,11 +117,30 @@ class Profile:
     # Skip bf16/fp16 CPU cases on CPUs without native instructions for them (emulated low
     # precision runs ~10x slower and would blow the time budget) unless --dtype names them.
     skip_emulated_cpu_dtypes: bool = False
+    # More points for one dtype only, measured after ``points`` with that dtype's model loaded
+    # (e.g. fp16 at batch 16): dtype -> (sampler, batch, prompt_len, new_tokens) points.
+    extra_points: dict[str, tuple[tuple[str, int, int, int], ...]] = field(default_factory=dict)
+    # Warm-up rounds of the COMPILED_SAMPLERS (compile and CUDA-graph capture happen in them, never
+    # in a timed round); the other samplers get ``warmup_rounds``.
+    compile_warmup_rounds: int = 2
+    # Seconds after the run's start past which no further case starts (it is skipped with the
+    # reason); None: no limit. A case already running finishes.
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.warmup_rounds < 0 or self.scaling_rounds < 1 or self.ratio_rounds < 0:
             raise ConfigError(f"Profile {self.name}: rounds must be >= 1 and warm-up rounds >= 0.")
-        samplers = [p[0] for p in self.points] + [*self.scaling_samplers, *self.ratio_samplers]
+        if self.compile_warmup_rounds < 1:
+            # A compiled sampler's first call compiles (tens of seconds on CUDA): never a timed one.
+            raise ConfigError(f"Profile {self.name}: compile_warmup_rounds must be >= 1, "
+                              f"got {self.compile_warmup_rounds}.")
+        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            raise ConfigError(f"Profile {self.name}: time_budget_s must be a positive number of seconds or None, "
+                              f"got {self.time_budget_s!r}.")
+        if not self.devices:
+            raise ConfigError(f"Profile {self.name}: dtypes lists no dtype for any device; it would measure nothing.")
+        extra = [p for points in self.extra_points.values() for p in points]
+        samplers = [p[0] for p in (*self.points, *extra)] + [*self.scaling_samplers, *self.ratio_samplers]
         unknown = sorted({s for s in samplers if s not in SAMPLERS})
         if unknown:
             raise ConfigError(f"Profile {self.name}: unknown sampler(s) {', '.join(unknown)}; "
@@ -119,16 +155,33 @@ class Profile:
         # A repeated entry would give two cases one pytest id (and one bench.json name), so that
         # the second silently shadows the first in compare and the report: refuse it here.
         _check_unique(self.name, "points", self.points)
+        measured = {dtype for dtypes in self.dtypes.values() for dtype in dtypes}
+        for dtype, points in self.extra_points.items():
+            check_dtype_name(dtype)
+            if dtype not in measured:
+                raise ConfigError(f"Profile {self.name}: extra_points names {dtype}, which no device of the profile "
+                                  f"measures ({', '.join(sorted(measured))}); its points would never run.")
+            _check_unique(self.name, f"points and extra_points of {dtype}", (*self.points, *points))
+        for point in (*self.points, *extra):
+            if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in point[1:]):
+                raise ConfigError(f"Profile {self.name}: point {point!r} needs batch, prompt length and new tokens "
+                                  "as integers >= 1.")
         _check_unique(self.name, "scaling_samplers", self.scaling_samplers)
         _check_unique(self.name, "scaling_new_tokens", self.scaling_new_tokens)
         _check_unique(self.name, "ratio_samplers", self.ratio_samplers)
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices this profile measures (those with at least one dtype), in DEVICES order."""
+        return tuple(d for d in DEVICES if self.dtypes.get(d))
+
     def cases(self, *, devices: tuple[str, ...], dtypes: tuple[str, ...] | None) -> list[Case]:
-        """Main-suite cases, grouped by (device, dtype) so each model is loaded once."""
+        """Main-suite cases, grouped by (device, dtype) so each model is loaded once: ``points``
+        in their order, then that dtype's ``extra_points``."""
         out = []
         for device in devices:
             for dtype in dtypes if dtypes is not None else self.dtypes.get(device, ()):
-                for sampler, batch, prompt_len, new_tokens in self.points:
+                for sampler, batch, prompt_len, new_tokens in (*self.points, *self.extra_points.get(dtype, ())):
                     if (sampler in CUDA_ONLY_SAMPLERS and device != "cuda") or (
                         sampler in CPU_ONLY_SAMPLERS and device != "cpu"
                     ):
@@ -218,7 +271,7 @@ PROFILES: dict[str, Profile] = {
         default_model=None,
         dtypes={"cpu": ("fp32", "bf16"), "cuda": _CUDA_DTYPES},
         points=(("reference", 1, 16, 8), ("cached", 1, 16, 32), ("cached-plain", 1, 16, 32), ("compiled", 1, 16, 32),
-                ("hf", 1, 16, 32), ("llamacpp", 1, 16, 32), ("llamacpp-q8_0", 1, 16, 32)),
+                ("hf", 1, 16, 32), ("hf-compiled", 1, 16, 32), ("llamacpp", 1, 16, 32), ("llamacpp-q8_0", 1, 16, 32)),
         rounds=2,
         warmup_rounds=1,
         scaling_model="random:gpt2",
@@ -237,7 +290,8 @@ PROFILES: dict[str, Profile] = {
         dtypes={"cpu": ("fp32", "bf16", "fp16"), "cuda": ("fp32", "fp16", "bf16")},
         points=(
             ("reference", 1, 16, 16), ("cached", 1, 16, 32), ("cached-plain", 1, 16, 32), ("compiled", 1, 16, 32),
-            ("hf", 1, 16, 32), ("llamacpp", 1, 16, 32), ("llamacpp-q8_0", 1, 16, 32), ("compiled", 1, 16, 128),
+            ("hf", 1, 16, 32), ("hf-compiled", 1, 16, 32), ("llamacpp", 1, 16, 32), ("llamacpp-q8_0", 1, 16, 32),
+            ("compiled", 1, 16, 128),
             ("cached", 1, 16, 128), ("hf", 1, 16, 128), ("llamacpp", 1, 16, 128),
             ("cached", 4, 16, 32), ("hf", 4, 16, 32),
             ("cached", 1, 128, 32), ("hf", 1, 128, 32), ("llamacpp", 1, 128, 32),
@@ -249,6 +303,28 @@ PROFILES: dict[str, Profile] = {
         scaling_rounds=2,
         ratio_rounds=3,
         ratio_point=(1, 16, 32),
+    ),
+    "cuda": Profile(
+        name="cuda",
+        description=("one GPU: gpt2-xl fp16/bf16/fp32 batch 1 (reference, cached, compiled, HF, HF static+compile) "
+                     "and fp16 batch 16, prompt 16, 64 new; ~5-9 min on an H100 (estimate), budget 360 s"),
+        default_model=None,
+        # fp16 first: its batch-1 cases are the issue's targets; one model load per dtype.
+        dtypes={"cuda": ("fp16", "bf16", "fp32")},
+        # The targets' three first (a run cut short still has them), then the eager baselines.
+        points=(("compiled", 1, 16, 64), ("hf", 1, 16, 64), ("hf-compiled", 1, 16, 64), ("cached", 1, 16, 64),
+                ("reference", 1, 16, 64)),
+        extra_points={"fp16": (("compiled", 16, 16, 64), ("hf", 16, 16, 64), ("hf-compiled", 16, 16, 64),
+                               ("cached", 16, 16, 64))},
+        # GPU timings are stable from round to round: 3 timed rounds give a median and its range.
+        rounds=3,
+        warmup_rounds=1,
+        compile_warmup_rounds=2,
+        # No interleaved rounds: each would build (and compile) its own compiled samplers again.
+        ratio_rounds=0,
+        # The closing CPU probe (every run probes the CPU once) need not stream 2 GiB.
+        probe_bytes=512 << 20,
+        time_budget_s=360.0,
     ),
 }
 

@@ -110,6 +110,10 @@ RATIOS: dict[str, RatioDef] = {
     "compiled_vs_hf_decode": RatioDef(
         label="compiled / HF decode", numerator="compiled", denominator="hf", metric="decode",
         description="static cache + compiled step (CUDA graphs) decode tok/s over HF generate's"),
+    "compiled_vs_hf_compiled_decode": RatioDef(
+        label="compiled / HF static+compile decode", numerator="compiled", denominator="hf-compiled", metric="decode",
+        description=("our static cache + compiled step decode tok/s over HF generate's with a static cache and "
+                     "its own torch.compile (CUDA graphs): the fair GPU peer")),
 }
 
 
@@ -216,6 +220,7 @@ _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
     "text": (lambda v: isinstance(v, str), "a string"),
     "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "whole": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     "flag": (lambda v: isinstance(v, bool), "true or false"),
     "object": (lambda v: isinstance(v, dict), "an object"),
     "list": (lambda v: isinstance(v, list), "a list"),
@@ -223,12 +228,15 @@ _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
 # The fields of a record that readers use, and their JSON type; null stands for "not recorded".
 RECORD_FIELDS: dict[str, str] = {
     **dict.fromkeys((*RATE_FIELDS, "achieved_bytes_per_s", "peak_memory_bytes", "weight_bytes", "roofline_fraction",
-                     "tuning_s", "prefill_s_spread", "decode_tokens_per_s_spread", "tokens_per_s_spread"), "number"),
+                     "tuning_s", "prefill_s_spread", "decode_tokens_per_s_spread", "tokens_per_s_spread",
+                     "compile_s_estimate", "decode_step_s_median", "decode_step_s_max"), "number"),
     **dict.fromkeys(("kind", "sampler", "model", "device", "device_name", "dtype", "invalid_reason", "weights_label",
                      "weight_layout", "hf_weight_layout", "gguf_type", "spread_kind"), "text"),
     **dict.fromkeys(("batch_size", "prompt_len", "new_tokens"), "count"),
-    **dict.fromkeys(("valid", "weights_random", "kernels_used"), "flag"),
-    **dict.fromkeys(("samplers", "samplers_skipped", "ratios", "ratios_missing", "kernels"), "object"),
+    **dict.fromkeys(("valid", "weights_random", "kernels_used", "logits_finite", "sampled_logits_finite"), "flag"),
+    **dict.fromkeys(("samplers", "samplers_skipped", "ratios", "ratios_missing", "kernels", "compile", "hf_generate"),
+                    "object"),
+    "warmup_rounds": "whole",
 }
 # What identifies a measured case: every one must carry these, and no two may share them.
 CASE_IDENTITY = ("kind", "model", "device", "dtype", "sampler", "batch_size", "prompt_len", "new_tokens")

@@ -4,9 +4,10 @@ One :class:`FleetRow` per measured engine of every file: (machine, device, dtype
 plus the case's batch, prompt and length, with the hardware it ran on, decode tok/s as the median
 over its timed rounds ± their spread (as bench records it: the IQR from 4 rounds on, max − min for
 2–3, none for 1), its roofline fraction and, for our samplers, the speed ratio over each peer
-(llama.cpp, HF generate) measured in the same file on the same model, dtype, batch, prompt and
-length. Rows come from the throughput cases and from every sampler of the interleaved ratio
-runs; the decode-cost-vs-length sweep (``scaling``) is left out, it measures length, not hardware.
+(llama.cpp, HF generate, HF generate with a static cache + compile) measured in the same file on
+the same model, dtype, batch, prompt and length. Rows come from the throughput cases and from
+every sampler of the interleaved ratio runs; the decode-cost-vs-length sweep (``scaling``) is left
+out, it measures length, not hardware.
 
 Files are read through the same checked reader as ``gpt2xl compare`` (:func:`gpt2xl_app.compare.load_bench`)
 and a record is valid by the one rule of :func:`bench.records.invalid_reason`: an invalid one is a
@@ -28,7 +29,9 @@ from gpt2xl_app.bench_report import SAMPLER_ORDER, doc_roofline_basis
 from gpt2xl_app.compare import RatioEntry, load_bench, ratio_entries
 
 BENCH_FILE = "bench.json"  # what a run directory holds
-PEERS = {"llamacpp": "llama.cpp", "hf": "HF"}  # the peer samplers a ratio column compares with
+# The peer samplers a ratio column compares with: llama.cpp, HF generate eager, and on CUDA HF
+# generate with a static cache and its own torch.compile (the compiled sampler's fair peer).
+PEERS = {"llamacpp": "llama.cpp", "hf": "HF", "hf-compiled": "HF static+compile"}
 FLEET_KINDS = ("throughput", "ratios")  # extra_info kinds that become rows ("scaling" is left out)
 SPREAD_KINDS: tuple[SpreadKind, ...] = ("iqr", "min-max", "none")
 SPREAD_NAMES = {"iqr": "IQR", "min-max": "max−min", "none": "none (1 round)"}
@@ -374,8 +377,9 @@ LEGEND = (
     "decode tok/s excludes prefill; ± is the spread over the timed rounds as bench recorded it "
     "(IQR = q3 − q1 from 4 rounds on, max − min for 2–3, none for 1; see the rounds column). "
     "roofline = achieved weight-read bytes/s ÷ that run's basis (its best bandwidth probe or engine). "
-    "vs llama.cpp / vs HF = this engine's decode tok/s over the peer's in the same file, same model, "
-    "dtype, batch, prompt and length (> 1: faster; interleaved: median of per-round ratios)."
+    "vs llama.cpp / vs HF / vs HF static+compile = this engine's decode tok/s over the peer's in the same file, "
+    "same model, dtype, batch, prompt and length (> 1: faster; interleaved: median of per-round ratios); "
+    "HF static+compile is HF generate with a static cache and its own torch.compile (CUDA)."
 )
 
 

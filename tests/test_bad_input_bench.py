@@ -115,6 +115,39 @@ def test_bench_run_dir_that_cannot_hold_the_run(tmp_path: Path) -> None:
     assert (done / "bench.json").read_text() == "{}"  # the old run is kept
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--profile", "cuda", "--device", "cpu"], ["Profile cuda measures cuda only", "--device cuda on a GPU host",
+                                                "smoke, gate, quick, full"]),
+    (["--time-budget", "0"], ["--time-budget must be a finite number >= 1, got 0.0"]),
+    (["--time-budget", "nan"], ["--time-budget must be a finite number >= 1, got nan"]),
+    (["--time-budget", "soon"], ["argument --time-budget: invalid float value: 'soon'"]),
+])
+def test_bench_device_and_budget_options_fail_before_pytest_starts(tmp_path: Path, args: list[str],
+                                                                    words: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    proc = _bench("--run-dir", str(run_dir), *args)
+    _assert_one_error(proc, *words)
+    assert "[bench]" not in proc.stdout + proc.stderr and not run_dir.exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--profile", "cuda", "--device", "cuda"], "--device cuda needs a CUDA device"),
+    (["--profile", "cuda"], "Profile cuda needs a CUDA device"),  # --device all: the profile asks for CUDA
+    (["--profile", "smoke", "--device", "cuda"], "--device cuda needs a CUDA device"),
+])
+def test_cuda_asked_for_without_cuda_is_one_error_line(tmp_path: Path, args: list[str], words: str) -> None:
+    """Not a run that skips every case and passes: refused before pytest starts or a model loads."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the run would start")
+    run_dir = tmp_path / "run"
+    line = _assert_one_error(_bench("--run-dir", str(run_dir), *args), words, "sees none",
+                             "run it on a GPU host with a CUDA build of torch")
+    assert f"torch {torch.__version__}" in line
+    assert not run_dir.exists()
+
+
 def test_cheap_bench_checks_never_import_torch() -> None:
     code = ("import sys\nfrom bench.__main__ import main\n"
             "rc = main(['--threads', '0'])\nprint(rc, 'torch' in sys.modules)")

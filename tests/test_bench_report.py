@@ -20,6 +20,7 @@ METRICS = (
     "prefill_s", "decode_tokens_per_s", "tokens_per_s", "peak_memory_bytes", "weight_bytes", "achieved_bytes_per_s",
     "roofline_fraction", "weights_label", "sampler", "dtype", "device", "valid", "invalid_reason", "spread_kind",
     "prefill_s_spread", "decode_tokens_per_s_spread", "tokens_per_s_spread", "kernels", "tuning_s",
+    "warmup_rounds", "sampled_logits_finite", "compile", "compile_s_estimate", "hf_generate",
 )
 
 
@@ -40,7 +41,7 @@ def test_smoke_run_writes_json_markdown_and_plots(smoke_run) -> None:
     doc = json.loads((run_dir / "bench.json").read_text())
     infos = [b["extra_info"] for b in doc["benchmarks"]]
     samplers = {i["sampler"] for i in infos}
-    assert {"reference", "cached", "hf"} <= samplers <= set(SAMPLERS) - {"compiled"}
+    assert {"reference", "cached", "hf"} <= samplers <= set(SAMPLERS) - {"compiled", "hf-compiled"}
     assert {i["kind"] for i in infos} == {"throughput", "scaling", "ratios"}
     md = (run_dir / "bench.md").read_text()
     for info in infos:
@@ -226,24 +227,100 @@ def test_kernel_choices_section(tmp_path: Path) -> None:
     assert "autotune cached (cache hit)" in md
 
 
-def test_cuda_targets_are_reported_from_compiled_and_hf_cases(tmp_path: Path) -> None:
+GPU = "NVIDIA H100 80GB HBM3"
+
+
+def _cuda_case(sampler: str, decode: float | None, *, dtype: str = "fp16", batch: int = 1, **extra) -> dict:
+    weight_bytes = 3.2e9 if dtype != "fp32" else 6.4e9
+    return {
+        "kind": "throughput", "sampler": sampler, "model": "random:gpt2-xl", "weights_label": "RANDOM weights (seed 0)",
+        "weights_random": True, "device": "cuda", "device_name": GPU, "dtype": dtype, "batch_size": batch,
+        "prompt_len": 16, "new_tokens": 64, "prefill_s": 0.02, "tokens_per_s": 100.0, "weight_bytes": weight_bytes,
+        "decode_tokens_per_s": decode, "peak_memory_bytes": 4.1e9, "sampled_logits_finite": True, "logits_finite": True,
+        "warmup_rounds": 2 if "compiled" in sampler else 1,
+        "achieved_bytes_per_s": weight_bytes * decode / batch if isinstance(decode, float) else None, **extra,
+    }
+
+
+def _cuda_doc(*cases: dict, budget: dict | None = None) -> dict:
+    probe = {"label": "start", "device": "cuda:0", "measured_at": "t",
+             "rates": {"sum": 3.0e12, "threaded-dot": 3.2e12, "copy": 2.8e12}}
+    gpus = [{"name": GPU, "memory_bytes": 85e9, "capability": "9.0"}]
+    g = {"bandwidth_probes": [probe], "environment": {"gpus": gpus}}
+    if budget is not None:
+        g["time_budget"] = budget
+    benchmarks = [{"name": f"c{i}", "extra_info": c} for i, c in enumerate(cases)]
+    return {"machine_info": {"gpt2xl": g}, "benchmarks": benchmarks}
+
+
+def test_cuda_targets_and_table_from_a_gpu_run(tmp_path: Path) -> None:
     from gpt2xl_app.bench_report import render_bench_section
 
-    base = {
-        "kind": "throughput", "model": "gpt2-xl", "weights_label": "x", "weights_random": True, "device": "cuda",
-        "device_name": "NVIDIA H100", "dtype": "fp16", "batch_size": 1, "prompt_len": 16, "new_tokens": 32,
-        "prefill_s": 0.02, "tokens_per_s": 1.0, "weight_bytes": 3.2e9,
-    }
-    compiled = {**base, "sampler": "compiled", "decode_tokens_per_s": 400.0, "achieved_bytes_per_s": 1.28e12}
-    hf = {**base, "sampler": "hf", "decode_tokens_per_s": 50.0, "achieved_bytes_per_s": 1.6e11}
-    doc = {
-        "machine_info": {"gpt2xl": {"bandwidth_probes": [{"label": "start", "device": "cuda:0", "measured_at": "t",
-                                                          "rates": {"sum": 3.2e12, "threaded-dot": 3.0e12, "copy": 2.8e12}}]}},
-        "benchmarks": [{"name": "c", "extra_info": compiled}, {"name": "h", "extra_info": hf}],
-    }
+    doc = _cuda_doc(
+        # fp16 batch 1: 400 tok/s = 1.28 TB/s = 40% of the 3.2 TB/s read probe; 8x HF eager, 1.6x HF compiled
+        _cuda_case("compiled", 400.0, compile_s_estimate=41.6, compile={"graphs_compiled_warmup": 1}),
+        _cuda_case("hf", 50.0), _cuda_case("hf-compiled", 250.0, compile_s_estimate=55.2),
+        _cuda_case("cached", 120.0), _cuda_case("reference", 90.0),
+        # fp16 batch 16
+        _cuda_case("compiled", 4800.0, batch=16), _cuda_case("hf", 600.0, batch=16),
+        # bf16: HF compiled invalid (a compile in every timed round); shown, not judged
+        _cuda_case("compiled", 390.0, dtype="bf16"), _cuda_case("hf", 200.0, dtype="bf16"),
+        {**_cuda_case("hf-compiled", None, dtype="bf16"), "valid": False,
+         "invalid_reason": "no valid round of 3: torch.compile compiled 1 graph(s) during this round"},
+        # fp32: HF eager produced a NaN
+        _cuda_case("compiled", 240.0, dtype="fp32"), _cuda_case("hf", 60.0, dtype="fp32", sampled_logits_finite=False),
+        _cuda_case("hf-compiled", 250.0, dtype="fp32"),
+        budget={"budget_s": 360.0, "skipped": []},
+    )
     md = render_bench_section(doc, tmp_path)
-    assert "compiled decode vs HF `generate` = **8.00×** (target ≥ 3×: met" in md  # 400 / 50
-    assert "compiled decode at **40%** of the read roofline (3200 GB/s) (target ≥ 60%: NOT met)" in md  # 1.28 / 3.2
+    head = "CUDA batch 1 random:gpt2-xl fp16, prompt 16, 64 new: compiled decode"
+    assert f"- CUDA GPU: {GPU}; measured HBM read bandwidth **3200 GB/s** (best `threaded-dot` probe)" in md
+    assert f"{head} 400 tok/s at **40%** of the read roofline (3200 GB/s) (target ≥ 60%: NOT met, 33% short)" in md
+    assert f"{head} vs HF `generate` (eager) = **8.00×** (target ≥ 3×: met; cases)" in md
+    assert f"{head} vs HF `generate` with static cache + compile = **1.60×** (target ≥ 1.2×: met; cases)" in md
+    bf16 = "CUDA batch 1 random:gpt2-xl bf16, prompt 16, 64 new: compiled decode"
+    assert f"{bf16} vs HF `generate` (eager) = **1.95×** (for comparison: the target ≥ 3× is set for fp16" in md
+    assert (f"{bf16} vs HF `generate` with static cache + compile: not measured (the hf-compiled case is invalid: "
+            "no valid round of 3: torch.compile compiled 1 graph(s) during this round)") in md
+    assert "- CUDA fp16 produces no NaN/inf: met: every sampled token of 7 fp16 case(s) came from finite logits" in md
+    assert "- Time budget: 360 s; every case started within it" in md
+    assert "compiled / HF static+compile decode" in md  # the ratio table's column
+    # the CUDA table: fp16 first, batch 1 then 16, samplers in the report's order; ratios per group
+    assert f"### CUDA: {GPU}" in md
+    table = md[md.index("| model | dtype | batch | prompt/new | sampler |"):].split("\n\n")[0].splitlines()[2:]
+    assert [(row.split(" | ")[1], row.split(" | ")[2], row.split(" | ")[4]) for row in table] == [
+        ("fp16", "1", "reference (no cache)"), ("fp16", "1", "ours (KV cache, tuned kernels)"),
+        ("fp16", "1", "ours, static cache + compiled step"), ("fp16", "1", "HF generate"),
+        ("fp16", "1", "HF generate, static cache + compile"),
+        ("fp16", "16", "ours, static cache + compiled step"), ("fp16", "16", "HF generate"),
+        ("bf16", "1", "ours, static cache + compiled step"), ("bf16", "1", "HF generate"),
+        ("bf16", "1", "HF generate, static cache + compile"),
+        ("fp32", "1", "ours, static cache + compiled step"), ("fp32", "1", "HF generate"),
+        ("fp32", "1", "HF generate, static cache + compile"),
+    ]
+    compiled = next(r for r in table if r.startswith("| random:gpt2-xl | fp16 | 1 |") and "compiled step" in r)
+    assert compiled.endswith("| 400.0 | 20.0 | 4.10 | 40% | 8.00× | 1.60× | 2 | 42 | yes |")
+    batch16 = next(r for r in table if "| fp16 | 16 |" in r and "compiled step" in r)
+    assert batch16.endswith("| 8.00× | — | 2 | — | yes |")  # no HF compiled case at batch 16 here
+    assert "| invalid (no valid round of 3: torch.compile compiled 1 graph(s)" in md
+    assert next(r for r in table if "| fp32 |" in r and "| HF generate |" in r).endswith("| **NO** |")
+
+
+def test_non_finite_fp16_and_a_spent_budget_are_stated(tmp_path: Path) -> None:
+    from gpt2xl_app.bench_report import render_bench_section
+
+    doc = _cuda_doc(_cuda_case("compiled", 400.0), _cuda_case("hf-compiled", 300.0, sampled_logits_finite=False),
+                    _cuda_case("hf", None, valid=False, invalid_reason="no valid round of 3: decode time 0.0 s"),
+                    budget={"budget_s": 360.0, "skipped": ["random:gpt2-xl-cuda-fp32-hf-compiled-b1-p16-n64"]})
+    md = render_bench_section(doc, tmp_path)
+    assert "- CUDA fp16 produces no NaN/inf: **NOT met**: non-finite logits in hf-compiled b1" in md
+    assert ("compiled decode vs HF `generate` (eager): not measured (the hf case is invalid: no valid round of 3: "
+            "decode time 0.0 s)") in md
+    assert "vs HF `generate` with static cache + compile = **1.33×** (target ≥ 1.2×: met" in md
+    assert ("- **Time budget spent**: 360 s; 1 case(s) did not start and are in no table: "
+            "random:gpt2-xl-cuda-fp32-hf-compiled-b1-p16-n64") in md
+    cpu_only = render_bench_section(_report_doc(_info("cached", 3.5)), tmp_path)
+    assert "### CUDA" not in cpu_only and "CUDA GPU" not in cpu_only
 
 
 def test_write_bench_report_without_json_is_a_result_error(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def _gpu_doc() -> dict[str, Any]:
                   spread_kind="iqr"),
         _gpu_case("hf", 40.0, achieved_bytes_per_s=0.8e12),
         _gpu_case("compiled", 160.0, achieved_bytes_per_s=2.5e12),
+        _gpu_case("hf-compiled", 128.0, achieved_bytes_per_s=2.0e12),
         _gpu_case("reference", None, valid=False, invalid_reason=INVALID_REASON),
         _gpu_case("cached", 20.0, device="cpu", dtype="fp32"),
         _gpu_case("llamacpp", 25.0, device="cpu", dtype="fp32"),
@@ -149,7 +150,7 @@ def test_a_gpu_machine_rows_ratios_and_invalid_cases(gpu_run: Path) -> None:
     assert [(r.device, r.dtype, r.sampler) for r in fleet.rows if r.machine == m] == [
         ("cpu", "fp32", "cached"), ("cpu", "fp32", "hf"), ("cpu", "fp32", "llamacpp"),
         ("cuda", "bf16", "reference"), ("cuda", "bf16", "cached"), ("cuda", "bf16", "compiled"),
-        ("cuda", "bf16", "hf"),
+        ("cuda", "bf16", "hf"), ("cuda", "bf16", "hf-compiled"),
     ]
     cached = _row(fleet.rows, m, "cached", device="cuda")
     assert (cached.hardware, cached.features) == (GPU, "sm 9.0, 85 GB, CUDA 12.4")
@@ -158,7 +159,12 @@ def test_a_gpu_machine_rows_ratios_and_invalid_cases(gpu_run: Path) -> None:
     assert (cached.low, cached.high) == (95.0, 110.0)  # q1 and q3 of its five rounds
     assert cached.roofline_fraction == pytest.approx(2.0e12 / 3.0e12)
     assert cached.vs("hf") == pytest.approx(100.0 / 40.0)  # separate cases: quotient of the medians
-    assert _row(fleet.rows, m, "compiled", device="cuda").vs("hf") == pytest.approx(160.0 / 40.0)
+    compiled = _row(fleet.rows, m, "compiled", device="cuda")
+    assert compiled.vs("hf") == pytest.approx(160.0 / 40.0)
+    assert compiled.vs("hf-compiled") == pytest.approx(160.0 / 128.0)  # the fair GPU peer
+    assert cached.vs("hf-compiled") is None  # no ratio of the eager cached sampler over it is defined
+    peer = _row(fleet.rows, m, "hf-compiled", device="cuda")
+    assert peer.vs_peer == () and peer.roofline_fraction == pytest.approx(2.0e12 / 3.0e12)
     assert _row(fleet.rows, m, "cached").vs("llamacpp") == pytest.approx(20.0 / 25.0)
     assert _row(fleet.rows, m, "cached").vs("hf") is None  # the CPU HF case is invalid: no ratio over it
     cpu = _row(fleet.rows, m, "cached")
@@ -177,7 +183,9 @@ def test_a_gpu_machine_rows_ratios_and_invalid_cases(gpu_run: Path) -> None:
     line = next(x for x in text.splitlines() if x.startswith(f"| {m} ") and "| compiled " in x)
     assert "| 160 " in line
     assert "| 83% " in line  # 2.5e12 / 3e12
-    assert "| 4.00× |" in line  # 160 / 40
+    assert "| 4.00× | 1.25× " in line  # vs HF 160 / 40, vs HF static+compile 160 / 128 (padded)
+    header = next(x for x in text.splitlines() if x.startswith("| machine "))
+    assert header.rstrip().endswith("| vs llama.cpp | vs HF | vs HF static+compile |")
 
 
 def test_rows_refuse_a_number_and_a_reason_together() -> None:
@@ -234,10 +242,10 @@ def test_cli_prints_the_table_and_writes_the_plot(tmp_path: Path, gpu_run: Path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
-    assert lines[0] == "Fleet: 3 run(s), 14 row(s)."
+    assert lines[0] == "Fleet: 3 run(s), 15 row(s)."
     header = next(x for x in lines if x.startswith("| machine "))
     for column in ("hardware", "features", "dtype", "sampler", "decode tok/s (median ± IQR of rounds)", "roofline",
-                   "vs llama.cpp", "vs HF"):
+                   "vs llama.cpp", "vs HF", "vs HF static+compile"):
         assert f"| {column} " in header
     avx512_cached = next(x for x in lines if x.startswith("| vm/gate-cpu-AVX512 ") and "| cached " in x)
     for cell in ("| 35.7 ± 1.41 ", "| 71% ", "| 1.56× |"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -172,6 +173,9 @@ class _State:
     def model_for(self, case):
         return self.entry
 
+    def check_budget(self, case) -> None:
+        """No budget in these stubs (BenchState.check_budget has its own test)."""
+
 
 def _stub(*decode_s: float):
     """A runner factory whose rounds take these decode times in turn (then the last, repeated)."""
@@ -224,3 +228,157 @@ def test_bench_suite_collects_under_strict_markers() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "test_sampler_ratios[random:gpt2-cpu-fp32-cached-b1-p16-n24]" in proc.stdout
     assert "no-throughput-cases" in proc.stdout and "no-scaling-cases" in proc.stdout
+
+
+# --- compiled samplers: warm-up, compile record, a compile inside a timed round ------------------
+
+def _counting(monkeypatch, graphs_per_call: list[int]) -> None:
+    """``compile_counts`` as if torch.compile made ``graphs_per_call[i]`` graphs in call i (and one
+    graph break in the first call)."""
+    calls = iter(graphs_per_call)
+    state = {"graphs": 0, "breaks": 0, "reads": 0}
+
+    def counts() -> tuple[int, int]:
+        state["reads"] += 1
+        if state["reads"] % 2 == 0:  # the read after a call: that call's graphs happened
+            state["graphs"] += next(calls)
+            state["breaks"] = 1
+        return state["graphs"], state["breaks"]
+
+    monkeypatch.setattr(harness, "compile_counts", counts)
+
+
+def test_a_compiled_sampler_warms_up_first_and_records_its_compile(monkeypatch) -> None:
+    monkeypatch.setitem(harness.RUNNERS, "hf-compiled", _stub(0.5))
+    _counting(monkeypatch, [3, 0, 0, 0])  # compiles in the first warm-up round only
+    bench = _Benchmark()
+    metrics = measure_case(bench, _State(_entry()), _case("hf-compiled"), rounds=2, warmup_rounds=0)
+    # smoke has warmup_rounds 0, but a compiled sampler gets compile_warmup_rounds (2)
+    assert metrics["warmup_rounds"] == 2 and metrics["rounds"] == 2 and metrics["valid"] is True
+    record = metrics["compile"]
+    assert record["graphs_compiled_warmup"] == 3 and record["graphs_compiled_timed"] == 0
+    assert record["graph_breaks"] == 1 and len(record["warmup_round_s"]) == 2
+    assert metrics["compile_s_estimate"] == record["compile_s_estimate"]
+    hf = metrics["hf_generate"]  # how HF ran: static cache of prompt + new slots, HF's compile config
+    assert (hf["cache"], hf["compiled"], hf["static_cache_len"]) == ("static", True, 4 + 5)
+    assert hf["compile_config"]["mode"] == "reduce-overhead"
+    monkeypatch.setitem(harness.RUNNERS, "cached", _stub(0.5))
+    plain = measure_case(_Benchmark(), _State(_entry()), _case("cached"), rounds=2, warmup_rounds=0)
+    assert plain["warmup_rounds"] == 0 and plain["compile"] is None and plain["compile_s_estimate"] is None
+
+
+def test_a_timed_round_that_compiled_is_invalid(monkeypatch) -> None:
+    monkeypatch.setitem(harness.RUNNERS, "compiled", _stub(0.5))
+    _counting(monkeypatch, [5, 0, 2, 1])  # recompiles in both timed rounds (a guard that keeps failing)
+    with pytest.warns(UserWarning, match="invalid"):
+        metrics = measure_case(_Benchmark(), _State(_entry()), _case("compiled"), rounds=2, warmup_rounds=1)
+    assert metrics["valid"] is False
+    assert "torch.compile compiled 2 graph(s) during this round" in metrics["invalid_reason"]
+    assert metrics["decode_tokens_per_s"] is None
+    assert metrics["compile"]["graphs_compiled_timed"] == 3
+
+
+def test_logits_finiteness_over_every_round() -> None:
+    def rounds(*flags):
+        return [Round(prefill_s=0.1, decode_s=0.5, new_tokens=5, batch_size=1, logits_finite=f) for f in flags]
+
+    assert harness.logits_finite_of(rounds(True, True)) is True
+    assert harness.logits_finite_of(rounds(True, False, None)) is False
+    assert harness.logits_finite_of(rounds(True, None)) is None
+    assert harness.logits_finite_of([]) is None
+
+
+def test_hf_compiled_skips_off_cuda() -> None:
+    with pytest.raises(SamplerUnavailable, match="HF static cache \\+ compile is measured on CUDA only"):
+        make_runner(_entry(), _case("hf-compiled"), seed=0)
+    with pytest.raises(SamplerUnavailable, match="compiled sampler is measured on CUDA only"):
+        make_runner(_entry(), _case("compiled"), seed=0)
+
+
+def test_the_time_budget_skips_later_cases() -> None:
+    profile = get_profile("cuda")
+    state = harness.BenchState(harness.Options(profile=profile, model="random:gpt2-xl", devices=("cuda",), dtypes=None,
+                                               probe_bytes=None, seed=0))
+    case = profile.cases(devices=("cuda",), dtypes=None)[0]
+    state.check_budget(case)  # within the profile's 360 s: nothing happens
+    assert state.options.budget_s == 360.0 and state.budget_skipped == []
+    state.started -= 361
+    with pytest.raises(pytest.skip.Exception, match="time budget of 360 s is spent"):
+        state.check_budget(case)
+    assert state.budget_skipped == ["random:gpt2-xl-cuda-fp16-compiled-b1-p16-n64"]
+    short = harness.Options(profile=profile, model="m", devices=("cuda",), dtypes=None, probe_bytes=None, seed=0,
+                            time_budget_s=5.0)
+    assert short.budget_s == 5.0  # --time-budget wins over the profile's
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+CUDA_B1 = ("compiled", "hf", "hf-compiled", "cached", "reference")
+
+
+def test_the_cuda_profile_lists_exactly_the_issue_cases_targets_first() -> None:
+    profile = get_profile("cuda")
+    assert profile.devices == ("cuda",)
+    cases = [(c.dtype, c.sampler, c.batch_size, c.prompt_len, c.new_tokens)
+             for c in profile.cases(devices=("cpu", "cuda"), dtypes=None)]
+    expected = [("fp16", s, 1, 16, 64) for s in CUDA_B1]
+    expected += [("fp16", s, 16, 16, 64) for s in ("compiled", "hf", "hf-compiled", "cached")]
+    expected += [(dtype, s, 1, 16, 64) for dtype in ("bf16", "fp32") for s in CUDA_B1]
+    assert cases == expected
+    assert profile.cases(devices=("cpu",), dtypes=None) == []  # nothing on the CPU
+    assert profile.ratio_cases(devices=("cuda",), dtypes=None) == []  # no interleaved rerun of the compiles
+    assert profile.scaling_cases(devices=("cpu", "cuda")) == []
+    assert (profile.rounds, profile.warmup_rounds, profile.compile_warmup_rounds) == (3, 1, 2)
+    # --dtype fp16 keeps its batch-16 points; --dtype bf16 has none
+    assert len(profile.cases(devices=("cuda",), dtypes=("fp16",))) == 9
+    assert len(profile.cases(devices=("cuda",), dtypes=("bf16",))) == 5
+
+
+@pytest.mark.parametrize("name", ["smoke", "gate", "quick", "full", "cuda"])
+def test_compiled_samplers_never_run_on_the_cpu(name: str) -> None:
+    profile = get_profile(name)
+    cpu = profile.cases(devices=("cpu",), dtypes=None) + profile.ratio_cases(devices=("cpu",), dtypes=None)
+    assert not any(c.sampler in ("compiled", "hf-compiled") for c in cpu)
+    assert not any(c.sampler in ("compiled", "hf-compiled") for c in profile.scaling_cases(devices=("cpu",)))
+    cpu_ratio = Case(sampler="cached", device="cpu", dtype="fp32", batch_size=1, prompt_len=8, new_tokens=8)
+    assert not {"compiled", "hf-compiled"} & set(harness.ratio_samplers(profile, cpu_ratio))
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"extra_points": {"fp16": (("cached", 16, 8, 8),)}}, "extra_points names fp16, which no device"),
+    ({"extra_points": {"fp32": (("cached", 1, 8, 8),)}}, "points and extra_points of fp32 lists"),
+    ({"extra_points": {"fp32": (("turbo", 4, 8, 8),)}}, "unknown sampler"),
+    ({"extra_points": {"fp64": (("cached", 4, 8, 8),)}}, "Unknown dtype 'fp64'"),
+    ({"extra_points": {"fp32": (("cached", 0, 8, 8),)}}, "integers >= 1"),
+    ({"compile_warmup_rounds": 0}, "compile_warmup_rounds must be >= 1"),
+    ({"time_budget_s": 0.0}, "time_budget_s must be a positive number"),
+    ({"time_budget_s": math.inf}, "time_budget_s must be a positive number"),
+    ({"dtypes": {"cpu": ()}}, "lists no dtype for any device"),
+])
+def test_bad_profiles_fail_at_definition(change, words) -> None:
+    from bench.profiles import Profile
+    from gpt2xl.errors import ConfigError
+
+    base: dict[str, Any] = {"name": "t", "description": "t", "default_model": "random:tiny",
+                            "dtypes": {"cpu": ("fp32",)}, "points": (("cached", 1, 8, 8),)}
+    good = Profile(**{**base, "extra_points": {"fp32": (("cached", 4, 8, 8),)}})
+    assert [c.batch_size for c in good.cases(devices=("cpu",), dtypes=None)] == [1, 4]
+    with pytest.raises(ConfigError, match=words):
+        Profile(**{**base, **change})
+
+
+def test_the_cuda_suite_collects_in_profile_order() -> None:
+    """What python -m bench --profile cuda runs on a GPU, collected here (collection needs none):
+    pytest runs the cases in this order."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "--bench-profile", "cuda", "--bench-device", "cuda", "--bench-model", "random:gpt2-xl"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = [line.split("[", 1)[1].rstrip("]") for line in proc.stdout.splitlines()
+           if line.startswith("bench/test_throughput.py::test_throughput[")]
+    profile = get_profile("cuda")
+    assert ids == [c.id("random:gpt2-xl") for c in profile.cases(devices=("cuda",), dtypes=None)]
+    assert ids[:3] == ["random:gpt2-xl-cuda-fp16-compiled-b1-p16-n64", "random:gpt2-xl-cuda-fp16-hf-b1-p16-n64",
+                       "random:gpt2-xl-cuda-fp16-hf-compiled-b1-p16-n64"]

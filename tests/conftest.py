@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +17,9 @@ settings.register_profile("deep", max_examples=400)
 settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; GPT2XL_SHARED_DIR where it lies elsewhere (a GPU host that was
+# sent the checkout and the fixture separately: tools/gpu_host_run.sh --shared).
+SHARED = Path(os.environ.get("GPT2XL_SHARED_DIR") or REPO.parent / "shared")
 TINY_SHAKESPEARE = SHARED / "models" / "gpt2-tiny-shakespeare"
 TINY_SHAKESPEARE_LEGACY = SHARED / "models" / "gpt2-tiny-shakespeare-legacy"
 SHARED_DATA = SHARED / "data"

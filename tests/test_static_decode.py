@@ -2,7 +2,7 @@
 
 The static step attends over every cache slot under a mask and takes its position as a tensor,
 so that CUDA graphs can replay it; it must give the regular path's logits and tokens, on CPU
-eagerly and under ``torch.compile``, and on CUDA with graphs (skipped without a GPU).
+eagerly and under ``torch.compile``. With CUDA graphs on a GPU it is tested in test_cuda.py.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def test_static_generate_gives_the_same_tokens_ragged_and_past_the_context(tiny_
     decoder = StaticDecoder(model, batch_size=3, max_len=static_cache_len(102 + 39, 128))
     for _ in range(2):  # the decoder is reused across calls, stale slots and all
         got = generate(model, prompts, cfg, generator=make_generator(7), static=decoder)
-        assert got.tokens == want.tokens and got.hit_eot == want.hit_eot
+        assert got.tokens == want.tokens
+        assert got.hit_eot == want.hit_eot
 
 
 def test_static_decoder_must_fit_the_call(tiny_shakespeare, tiny_shakespeare_dir):
@@ -77,21 +78,3 @@ def test_compiled_static_step_gives_the_same_tokens_on_cpu(tiny_shakespeare_dir)
     decoder = StaticDecoder(model, batch_size=3, max_len=128, compile="default")
     got = generate(model, RAGGED, cfg, generator=make_generator(1), static=decoder)
     assert got.tokens == want.tokens
-
-
-@pytest.mark.cuda
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_cuda_graph_decode_matches_eager_and_stays_finite(tiny_shakespeare_dir, dtype):
-    model = load_model(str(tiny_shakespeare_dir), device="cuda", dtype=dtype).model
-    cfg = SamplingConfig(max_new_tokens=64, temperature=0.0, stop_at_eot=False)  # greedy: no RNG in the way
-    prompts = [p * 10 for p in RAGGED]
-    want = generate(model, prompts, cfg, static=StaticDecoder(model, batch_size=3, max_len=128))
-    decoder = StaticDecoder(model, batch_size=3, max_len=128, compile="reduce-overhead")
-    for _ in range(3):  # warm-up, capture, replay
-        got = generate(model, prompts, cfg, static=decoder)
-    assert got.tokens == want.tokens
-    logits = decoder.step(torch.tensor([[5]] * 3, device="cuda"), torch.tensor([100], device="cuda"),
-                          torch.zeros(3, dtype=torch.long, device="cuda"))
-    assert torch.isfinite(logits).all()

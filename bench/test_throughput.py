@@ -2,7 +2,8 @@
 
 Samplers (``bench.profiles.SAMPLERS``): the textbook ``reference``, our ``cached`` sampler with the
 autotuned kernels and ``cached-plain`` with them off, ``compiled`` (CUDA only), ``hf``
-(``transformers`` ``generate`` on the same weights) and llama.cpp on the same weights
+(``transformers`` ``generate`` on the same weights), ``hf-compiled`` (the same with a static cache
+and HF's own compile; CUDA only) and llama.cpp on the same weights
 (``llamacpp``, ``llamacpp-q8_0``). Fixed length (end-of-text off), top-k 40, temperature 0.8.
 Each case's metrics land in ``benchmark.extra_info`` (see ``bench.harness``).
 """
